@@ -1,0 +1,123 @@
+//! The one error type of the crate.
+
+/// Everything that can go wrong when submitting work or waiting for it.
+///
+/// Each variant's `Display` is a sentence that says what happened and what to
+/// do about it. The enum is `#[non_exhaustive]`: match the variants you handle
+/// and keep a `_` arm.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The future was cancelled before its task started, so the task never ran.
+    #[error("the task was cancelled before it started, so it never ran")]
+    Cancelled,
+
+    /// A deadline passed: `result_timeout`, a `map` timeout or an
+    /// `as_completed` timeout. The task itself keeps running.
+    #[error("the deadline passed before the result was ready; the task may still be running")]
+    Timeout,
+
+    /// `submit*` or `map*` was called after `shutdown`.
+    #[error("the executor has been shut down and accepts no new work; build a new executor")]
+    Shutdown,
+
+    /// The task panicked; `message` is the panic's text.
+    #[error("the task panicked: {message}")]
+    Panicked {
+        /// The panic payload when it was a `&str` or `String`, else a fixed text.
+        message: String,
+    },
+
+    /// The worker process running the task exited or was killed.
+    #[error(
+        "worker process {pid} died while running the task ({status}); the task did not finish"
+    )]
+    WorkerDied {
+        /// The worker's process id.
+        pid: u32,
+        /// How it ended: an exit code or a signal.
+        status: String,
+    },
+
+    /// The pool can no longer run tasks.
+    #[error("the pool is broken and can run no more tasks: {reason}; build a new executor")]
+    BrokenPool {
+        /// Why the pool broke (for example the initializer's panic message).
+        reason: String,
+    },
+
+    /// No task is registered under this name.
+    #[error("no task named {name:?} is registered; add it with Registry::register in the registry the executor (and its workers) use")]
+    NotRegistered {
+        /// The name that was asked for.
+        name: String,
+    },
+
+    /// The operation is not supported by this back end.
+    #[error("not supported: {reason}")]
+    Unsupported {
+        /// What was asked for and what to do instead.
+        reason: String,
+    },
+
+    /// An argument or result could not be encoded to cross to a worker.
+    #[error("could not encode {what}: {detail}")]
+    Encode {
+        /// What was being encoded (for example "the argument of task \"square\"").
+        what: String,
+        /// The codec's own explanation.
+        detail: String,
+    },
+
+    /// An argument or result could not be decoded on the other side.
+    #[error("could not decode {what}: {detail}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// Why it failed (wrong type, truncated or trailing bytes, ...).
+        detail: String,
+    },
+
+    /// A worker process could not be started or did not connect.
+    #[error("could not start a worker process: {reason}")]
+    Spawn {
+        /// What went wrong and what to check.
+        reason: String,
+    },
+
+    /// A parameter was out of range (0 workers, chunksize 0, ...).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// Which parameter and what it must be.
+        reason: String,
+    },
+
+    /// A blocking wait inside the pool could never finish: the tasks named in
+    /// `cycle` wait on each other.
+    #[error("deadlock: this wait could never finish because {cycle}; wait with a timeout or restructure the tasks so they do not wait on each other")]
+    Deadlock {
+        /// The tasks in the cycle, in order, each with its id, name and thread.
+        cycle: String,
+    },
+}
+
+impl Error {
+    /// The `Panicked` error for a caught panic payload.
+    pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Error {
+        Error::Panicked {
+            message: panic_message(&*payload),
+        }
+    }
+}
+
+/// The text of a panic payload: `&str` and `String` as they are, anything
+/// else as a fixed sentence.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "the task panicked with a value that is not a string".to_string()
+    }
+}

@@ -1,0 +1,498 @@
+//! `Executor` and its `Builder`: submission, map and shutdown, handed to one
+//! of two back ends.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::future::{Shared, Work};
+use crate::map::{Chunk, SubmitChunk};
+use crate::threads::{Initializer, ThreadPool};
+use crate::{deadlock, Error, Future, Map, MapOptions, Registry};
+
+#[cfg(feature = "process")]
+use crate::process::ProcessPool;
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The two back ends.
+enum Backend {
+    Threads(ThreadPool),
+    #[cfg(feature = "process")]
+    Processes(ProcessPool),
+}
+
+struct Inner {
+    backend: Backend,
+    registry: Option<Registry>,
+    max_workers: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Like leaving Python's `with` block: wait for queued work. On one of
+        // the pool's own threads that wait could never end (this thread is
+        // one of those waited for, and others may wait on its task), so
+        // there the pool closes its queue and its threads finish it alone.
+        let on_own_thread = deadlock::current_pool() == Some(self.pool_id());
+        self.shutdown(!on_own_thread, false);
+    }
+}
+
+impl Inner {
+    fn pool_id(&self) -> u64 {
+        match &self.backend {
+            Backend::Threads(p) => p.id(),
+            #[cfg(feature = "process")]
+            Backend::Processes(p) => p.id(),
+        }
+    }
+
+    fn shutdown(&self, wait: bool, cancel_futures: bool) {
+        match &self.backend {
+            Backend::Threads(p) => p.shutdown(wait, cancel_futures),
+            #[cfg(feature = "process")]
+            Backend::Processes(p) => p.shutdown(wait, cancel_futures),
+        }
+    }
+}
+
+/// A pool of workers that runs submitted tasks: Python's `ThreadPoolExecutor`
+/// and `ProcessPoolExecutor` behind one type.
+///
+/// * [`Executor::threads`] runs closures (and named tasks) on worker threads.
+/// * [`Executor::processes`] runs named tasks from a [`Registry`] in worker
+///   processes; arguments and results cross as serde values.
+///
+/// `Executor` is `Clone + Send + Sync`; clones share one pool. When the last
+/// clone is dropped the pool shuts down as `shutdown(true, false)`, like
+/// leaving Python's `with` block: queued work still runs and the drop waits
+/// for it. Dropped on one of the pool's own threads (a task that held the
+/// last clone), it does not wait, since that wait could never end: the
+/// threads finish the queue and exit by themselves.
+///
+/// ```
+/// let ex = twinpool::Executor::threads(2);
+/// let f = ex.submit(|| 6 * 7)?;
+/// assert_eq!(f.result()?, 42);
+/// # Ok::<(), twinpool::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.inner.backend {
+            Backend::Threads(_) => "threads",
+            #[cfg(feature = "process")]
+            Backend::Processes(_) => "processes",
+        };
+        f.debug_struct("Executor")
+            .field("backend", &kind)
+            .field("max_workers", &self.inner.max_workers)
+            .finish()
+    }
+}
+
+impl Executor {
+    /// A thread pool of at most `max_workers` threads, started as needed.
+    ///
+    /// # Panics
+    /// If `max_workers` is 0 (use [`Executor::builder`] to get an error
+    /// instead).
+    pub fn threads(max_workers: usize) -> Executor {
+        assert!(
+            max_workers > 0,
+            "twinpool: a pool needs at least one worker"
+        );
+        Executor::builder()
+            .threads(max_workers)
+            .build()
+            .unwrap_or_else(|e| panic!("twinpool: {e}"))
+    }
+
+    /// A process pool of `max_workers` worker processes running the tasks of
+    /// `registry`. The workers re-run the current executable, whose `main`
+    /// must call [`serve_if_worker`](crate::serve_if_worker) first.
+    #[cfg(feature = "process")]
+    pub fn processes(max_workers: usize, registry: Registry) -> Result<Executor, Error> {
+        Executor::builder()
+            .processes(max_workers)
+            .registry(registry)
+            .build()
+    }
+
+    /// A [`Builder`] for the options that [`threads`](Self::threads) and
+    /// [`processes`](Self::processes) leave at their defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The most tasks this pool runs at once.
+    pub fn max_workers(&self) -> usize {
+        self.inner.max_workers
+    }
+
+    /// Runs `f` on a worker thread; its result comes back through the
+    /// returned [`Future`]. A panic in `f` becomes [`Error::Panicked`]; the
+    /// thread survives.
+    ///
+    /// Thread back end only: a process pool returns [`Error::Unsupported`],
+    /// as a closure cannot cross to another process; register the function
+    /// and use [`submit_named`](Self::submit_named).
+    pub fn submit<T, F>(&self, f: F) -> Result<Future<T>, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_work(None, Box::new(move || Ok(f())))
+    }
+
+    fn submit_work<T: Send + 'static>(
+        &self,
+        name: Option<Arc<str>>,
+        work: Work<T>,
+    ) -> Result<Future<T>, Error> {
+        match &self.inner.backend {
+            Backend::Threads(pool) => {
+                let shared = Shared::new(pool.id(), name, Some(work));
+                pool.submit(shared.clone())?;
+                Ok(Future::new(shared))
+            }
+            #[cfg(feature = "process")]
+            Backend::Processes(_) => Err(Error::Unsupported {
+                reason: "a process pool cannot run a closure, because a closure cannot cross \
+                         to another process; register the function in the Registry and call \
+                         submit_named"
+                    .into(),
+            }),
+        }
+    }
+
+    fn registry(&self) -> Result<&Registry, Error> {
+        self.inner
+            .registry
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument {
+                reason: "this executor has no registry, so it knows no named tasks; \
+                     give one with Builder::registry"
+                    .into(),
+            })
+    }
+
+    /// Runs the task registered as `name` with `arg`, on either back end.
+    ///
+    /// An unknown name is [`Error::NotRegistered`] here. Called with other
+    /// argument or result types than registered, the future ends in
+    /// [`Error::Decode`], never in a wrong answer. On a thread pool the
+    /// registered function is called directly, with no encoding.
+    pub fn submit_named<A, R>(&self, name: &str, arg: A) -> Result<Future<R>, Error>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let entry = self.registry()?.get(name)?;
+        match &self.inner.backend {
+            Backend::Threads(_) => {
+                let work: Work<R> = match entry.direct::<A, R>() {
+                    Some(f) => Box::new(move || Ok(f(arg))),
+                    None => {
+                        let err = entry.type_mismatch::<A, R>();
+                        Box::new(move || Err(err))
+                    }
+                };
+                self.submit_work(Some(entry.name.clone()), work)
+            }
+            #[cfg(feature = "process")]
+            Backend::Processes(pool) => pool.submit(entry, &arg),
+        }
+    }
+
+    /// Calls `f` on every item on the pool; the results come back in input
+    /// order, as Python's `Executor.map`. Every item is submitted before
+    /// `map` returns. See [`map_with`](Self::map_with) for a deadline, chunks
+    /// and a bounded look-ahead.
+    ///
+    /// ```
+    /// let ex = twinpool::Executor::threads(3);
+    /// let squares: Vec<u64> = ex.map(|x: u64| x * x, 1..=4)?.collect::<Result<_, _>>()?;
+    /// assert_eq!(squares, [1, 4, 9, 16]);
+    /// # Ok::<(), twinpool::Error>(())
+    /// ```
+    pub fn map<I, T, F>(&self, f: F, items: I) -> Result<Map<T>, Error>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        Map::eager(items.into_iter(), &MapOptions::default(), self.chunk_fn(f))
+    }
+
+    /// [`map`](Self::map) with [`MapOptions`]: a timeout counted from this
+    /// call, `chunksize` items per task, and `buffersize` to submit at most
+    /// that many items ahead of the consumer (the input is then pulled lazily
+    /// and may be infinite, which is why it must be `Send + 'static` here).
+    pub fn map_with<I, T, F>(&self, f: F, items: I, opts: MapOptions) -> Result<Map<T>, Error>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+        F: Fn(I::Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        opts.validate()?;
+        let submit = self.chunk_fn(f);
+        match opts.buffersize {
+            None => Map::eager(items.into_iter(), &opts, submit),
+            Some(n) => Map::lazy(items.into_iter(), &opts, n, submit),
+        }
+    }
+
+    /// A chunk submitter that calls `f` on each item of a chunk in one task.
+    fn chunk_fn<Item, T, F>(&self, f: F) -> SubmitChunk<Item, T>
+    where
+        Item: Send + 'static,
+        F: Fn(Item) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        // A lazy `Map` keeps its pool alive, as Python's map generator does.
+        let f = Arc::new(f);
+        let ex = self.clone();
+        Box::new(move |items: Vec<Item>| {
+            let f = f.clone();
+            ex.submit_work(None, Box::new(move || Ok(run_chunk(items, &*f))))
+        })
+    }
+
+    /// [`map`](Self::map) for a registered task: `name` called on every item.
+    pub fn map_named<A, R, I>(&self, name: &str, items: I) -> Result<Map<R>, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        Map::eager(
+            items.into_iter(),
+            &MapOptions::default(),
+            self.named_chunk_fn(name)?,
+        )
+    }
+
+    /// [`map_with`](Self::map_with) for a registered task. On a process pool
+    /// a chunk crosses to its worker as one message and its results come back
+    /// as one message.
+    pub fn map_named_with<A, R, I>(
+        &self,
+        name: &str,
+        items: I,
+        opts: MapOptions,
+    ) -> Result<Map<R>, Error>
+    where
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        opts.validate()?;
+        let submit = self.named_chunk_fn(name)?;
+        match opts.buffersize {
+            None => Map::eager(items.into_iter(), &opts, submit),
+            Some(n) => Map::lazy(items.into_iter(), &opts, n, submit),
+        }
+    }
+
+    fn named_chunk_fn<A, R>(&self, name: &str) -> Result<SubmitChunk<A, R>, Error>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let entry = self.registry()?.get(name)?.clone();
+        match &self.inner.backend {
+            Backend::Threads(_) => match entry.direct::<A, R>() {
+                Some(f) => Ok(self.chunk_fn(move |a| f(a))),
+                None => {
+                    let err = entry.type_mismatch::<A, R>();
+                    let ex = self.clone();
+                    Ok(Box::new(move |_items| {
+                        let err = err.clone();
+                        ex.submit_work(None, Box::new(move || Err(err)))
+                    }))
+                }
+            },
+            #[cfg(feature = "process")]
+            Backend::Processes(_) => {
+                let ex = self.clone();
+                Ok(Box::new(move |items: Vec<A>| match &ex.inner.backend {
+                    Backend::Processes(pool) => pool.submit_chunk(&entry, &items),
+                    Backend::Threads(_) => Err(Error::Shutdown),
+                }))
+            }
+        }
+    }
+
+    /// Stops taking work, as Python's `Executor.shutdown`. Idempotent.
+    ///
+    /// After it, `submit*` and `map*` return [`Error::Shutdown`]. With
+    /// `cancel_futures`, queued tasks that have not started are cancelled.
+    /// With `wait`, blocks until every task still queued or running is done
+    /// (not counting the caller's own task, when called from a pool thread).
+    pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
+        self.inner.shutdown(wait, cancel_futures);
+    }
+}
+
+/// Calls `f` on each item in order, stopping at the first panic.
+fn run_chunk<Item, T>(items: Vec<Item>, f: &(impl Fn(Item) -> T + ?Sized)) -> Chunk<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match catch_unwind(AssertUnwindSafe(|| f(item))) {
+            Ok(v) => out.push(Ok(v)),
+            Err(p) => {
+                out.push(Err(Error::from_panic(p)));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Which back end a [`Builder`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Kind {
+    #[default]
+    Threads,
+    #[cfg(feature = "process")]
+    Processes,
+}
+
+/// Options for an [`Executor`]; start with [`Executor::builder`].
+///
+/// ```
+/// let ex = twinpool::Executor::builder()
+///     .threads(4)
+///     .thread_name_prefix("fetch")
+///     .build()?;
+/// assert_eq!(ex.max_workers(), 4);
+/// # Ok::<(), twinpool::Error>(())
+/// ```
+#[derive(Default)]
+pub struct Builder {
+    kind: Kind,
+    workers: Option<usize>,
+    registry: Option<Registry>,
+    thread_name_prefix: Option<String>,
+    initializer: Option<Initializer>,
+    #[cfg(feature = "process")]
+    pub(crate) process: crate::process::ProcessOptions,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("kind", &self.kind)
+            .field("workers", &self.workers)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// A thread pool of at most `n` threads. Without this or
+    /// [`processes`](Self::processes), the builder makes a thread pool of
+    /// `min(32, available_parallelism + 4)` threads, as Python does.
+    pub fn threads(mut self, n: usize) -> Builder {
+        self.kind = Kind::Threads;
+        self.workers = Some(n);
+        self
+    }
+
+    /// A process pool of `n` worker processes (default when `n` is not
+    /// given: `available_parallelism`). Needs a [`registry`](Self::registry).
+    #[cfg(feature = "process")]
+    pub fn processes(mut self, n: usize) -> Builder {
+        self.kind = Kind::Processes;
+        self.workers = Some(n);
+        self
+    }
+
+    /// The named tasks this pool can run; required for a process pool, and
+    /// for [`Executor::submit_named`] on a thread pool.
+    pub fn registry(mut self, registry: Registry) -> Builder {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Names the worker threads `{prefix}_{n}` (default `twinpool-{pool}`).
+    pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Builder {
+        self.thread_name_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Runs `init` once in every worker thread before its first task. If it
+    /// panics the pool is broken: queued and later work gets
+    /// [`Error::BrokenPool`] with the panic's text.
+    pub fn initializer<F>(mut self, init: F) -> Builder
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.initializer = Some(Arc::new(init));
+        self
+    }
+
+    /// Builds the executor. 0 workers is [`Error::InvalidArgument`].
+    pub fn build(self) -> Result<Executor, Error> {
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let backend = match self.kind {
+            Kind::Threads => {
+                let n = self.workers.unwrap_or_else(|| (cores + 4).min(32));
+                check_workers(n)?;
+                let prefix = self
+                    .thread_name_prefix
+                    .unwrap_or_else(|| format!("twinpool-{id}"));
+                (
+                    Backend::Threads(ThreadPool::new(id, n, prefix, self.initializer)),
+                    n,
+                )
+            }
+            #[cfg(feature = "process")]
+            Kind::Processes => {
+                let n = self.workers.unwrap_or(cores);
+                check_workers(n)?;
+                let registry = self
+                    .registry
+                    .clone()
+                    .ok_or_else(|| Error::InvalidArgument {
+                        reason: "a process pool needs a Registry of named tasks; \
+                             give one with Builder::registry"
+                            .into(),
+                    })?;
+                let pool = ProcessPool::start(id, n, registry, self.process)?;
+                (Backend::Processes(pool), n)
+            }
+        };
+        let (backend, max_workers) = backend;
+        Ok(Executor {
+            inner: Arc::new(Inner {
+                backend,
+                registry: self.registry,
+                max_workers,
+            }),
+        })
+    }
+}
+
+fn check_workers(n: usize) -> Result<(), Error> {
+    if n == 0 {
+        return Err(Error::InvalidArgument {
+            reason: "max_workers must be at least 1".into(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! The one `Future` state machine, shared by both back ends.
+//!
+//! ```text
+//!   Pending ──claim──▶ Running ──complete──▶ Finished ──result()──▶ Taken
+//!      │
+//!      └──cancel──▶ Cancelled
+//! ```
+//!
+//! A thread-pool task carries its work inside `Pending`; whoever claims it
+//! first runs it: a worker thread, or a pool thread that blocks on the future
+//! and helps (see [`crate::deadlock`]). A process-pool task is pending with no
+//! work here; its dispatcher claims it when it sends it to a worker, and
+//! completes it when the answer comes back.
+//!
+//! Completion runs the done-callbacks first, on the completing thread, then
+//! publishes the result and wakes waiters: when `result()` returns, every
+//! callback added before completion has run.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::deadlock::{self, TaskTag};
+use crate::Error;
+
+/// The work of a thread-pool task.
+pub(crate) type Work<T> = Box<dyn FnOnce() -> Result<T, Error> + Send>;
+type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
+/// Told when a future ends; used by `wait` and `as_completed`.
+pub(crate) type Watcher = Arc<dyn Fn() + Send + Sync>;
+
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+
+enum State<T> {
+    /// Not started. `Some(work)` for thread tasks, `None` for process tasks.
+    Pending(Option<Work<T>>),
+    Running,
+    Cancelled,
+    Finished(Result<T, Error>),
+    /// The result was moved out by `result()` or `.await`.
+    Taken,
+}
+
+struct Inner<T> {
+    state: State<T>,
+    callbacks: Vec<Callback<T>>,
+    watchers: Vec<(u64, Watcher)>,
+    waker: Option<Waker>,
+    /// Threads blocked on the condvar; completion skips the notify when 0.
+    sleepers: u32,
+}
+
+/// The state one task shares between its `Future` and whoever runs it.
+pub(crate) struct Shared<T> {
+    tag: TaskTag,
+    pool: u64,
+    inner: Mutex<Inner<T>>,
+    cond: Condvar,
+}
+
+/// A task in a thread pool's queue, with its result type erased.
+pub(crate) trait Job: Send + Sync {
+    /// Runs the task on this thread unless it was cancelled or claimed.
+    fn run(&self);
+    /// Cancels the task if it has not started.
+    fn cancel(&self) -> bool;
+    /// Fails the task with `err` if it has not started.
+    fn fail_if_pending(&self, err: Error);
+}
+
+impl<T> State<T> {
+    fn is_done(&self) -> bool {
+        matches!(self, State::Cancelled | State::Finished(_) | State::Taken)
+    }
+}
+
+impl<T: Send + 'static> Shared<T> {
+    /// A new pending task of `pool`, with its work for thread pools.
+    pub(crate) fn new(pool: u64, name: Option<Arc<str>>, work: Option<Work<T>>) -> Arc<Self> {
+        Arc::new(Shared {
+            tag: TaskTag {
+                id: NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
+                name,
+            },
+            pool,
+            inner: Mutex::new(Inner {
+                state: State::Pending(work),
+                callbacks: Vec::new(),
+                watchers: Vec::new(),
+                waker: None,
+                sleepers: 0,
+            }),
+            cond: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        // User code never runs under this lock except callbacks on a finished
+        // future, which are caught; a poisoned lock still holds a valid state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The task's id, unique in this process.
+    pub(crate) fn id(&self) -> u64 {
+        self.tag.id
+    }
+
+    /// Moves a pending task to running and hands back its work; `None` if it
+    /// was cancelled or already claimed.
+    fn claim(&self) -> Option<Work<T>> {
+        let mut g = self.lock();
+        match &mut g.state {
+            State::Pending(work) => {
+                let work = work.take();
+                g.state = State::Running;
+                work
+            }
+            _ => None,
+        }
+    }
+
+    /// For process tasks: marks the task running as it is sent to a worker.
+    /// False if it was cancelled (it must then not be sent).
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn claim_remote(&self) -> bool {
+        let mut g = self.lock();
+        match g.state {
+            State::Pending(None) => {
+                g.state = State::Running;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs claimed work here, catching a panic, and completes the future.
+    fn run_work(&self, work: Work<T>) {
+        let outcome = deadlock::running(self.tag.clone(), || catch_unwind(AssertUnwindSafe(work)));
+        self.complete(outcome.unwrap_or_else(|p| Err(Error::from_panic(p))));
+    }
+
+    /// Ends a running task with `result`: callbacks, then waiters.
+    pub(crate) fn complete(&self, result: Result<T, Error>) {
+        let mut g = self.lock();
+        if g.state.is_done() {
+            return;
+        }
+        while !g.callbacks.is_empty() {
+            let callbacks = std::mem::take(&mut g.callbacks);
+            drop(g);
+            run_callbacks(callbacks, &result);
+            g = self.lock();
+        }
+        g.state = State::Finished(result);
+        self.wake_all(g);
+    }
+
+    /// Publishes a final state to everyone waiting; releases the lock.
+    fn wake_all(&self, mut g: MutexGuard<'_, Inner<T>>) {
+        if g.sleepers > 0 {
+            self.cond.notify_all();
+        }
+        let watchers = std::mem::take(&mut g.watchers);
+        let waker = g.waker.take();
+        drop(g);
+        for (_, w) in watchers {
+            w();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn cancel_with(&self, err: Error) -> bool {
+        let mut g = self.lock();
+        let was_cancelled = matches!(g.state, State::Cancelled);
+        let State::Pending(work) = &mut g.state else {
+            return was_cancelled;
+        };
+        let work = work.take();
+        let callbacks = std::mem::take(&mut g.callbacks);
+        g.state = if err == Error::Cancelled {
+            State::Cancelled
+        } else {
+            State::Finished(Err(err.clone()))
+        };
+        self.wake_all(g);
+        // The work may own anything, even the last handle of an executor:
+        // drop it outside the lock.
+        drop(work);
+        run_callbacks(callbacks, &Err(err));
+        true
+    }
+
+    /// Waits until the task ends or `deadline` passes: Ok(true) when it
+    /// ended, Ok(false) on timeout. An untimed wait on a pool thread helps
+    /// (runs the task here if it has not started) or is refused with
+    /// `Deadlock` when it could never end.
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+        // Held until this wait returns: the recorded "I wait for this task".
+        let mut _edge = None;
+        let mut checked = deadline.is_some() || deadlock::current_pool().is_none();
+        let mut g = self.lock();
+        loop {
+            if g.state.is_done() {
+                return Ok(true);
+            }
+            if !checked {
+                drop(g);
+                if !self.try_help() {
+                    _edge = deadlock::begin_wait(&[self.tag.id], true)?;
+                    checked = true;
+                }
+                g = self.lock();
+                continue;
+            }
+            g.sleepers += 1;
+            match deadline {
+                None => g = self.cond.wait(g).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        g.sleepers -= 1;
+                        return Ok(false);
+                    }
+                    g = self
+                        .cond
+                        .wait_timeout(g, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+            g.sleepers -= 1;
+        }
+    }
+
+    /// On a thread of this task's pool: if the task has not started, runs it
+    /// here and returns true.
+    pub(crate) fn try_help(&self) -> bool {
+        if deadlock::current_pool() != Some(self.pool) {
+            return false;
+        }
+        let Some(work) = self.claim() else {
+            return false;
+        };
+        // While it runs inline, the waiting task waits for it: record that so
+        // a cycle through it is still seen.
+        let edge = deadlock::begin_wait(&[self.tag.id], true);
+        self.run_work(work);
+        drop(edge);
+        true
+    }
+
+    fn is_done(&self) -> bool {
+        self.lock().state.is_done()
+    }
+
+    /// True if the task finished with an error (not counting cancellation).
+    pub(crate) fn failed(&self) -> bool {
+        matches!(self.lock().state, State::Finished(Err(_)))
+    }
+
+    /// Calls `w` when the task ends. Returns false, without keeping `w`, if
+    /// it has ended already.
+    pub(crate) fn watch(&self, key: u64, w: Watcher) -> bool {
+        let mut g = self.lock();
+        if g.state.is_done() {
+            return false;
+        }
+        g.watchers.push((key, w));
+        true
+    }
+
+    /// Forgets the watcher registered under `key`.
+    pub(crate) fn unwatch(&self, key: u64) {
+        self.lock().watchers.retain(|(k, _)| *k != key);
+    }
+
+    /// Moves the result out of a finished future.
+    fn take(&self, g: &mut Inner<T>) -> Result<T, Error> {
+        match std::mem::replace(&mut g.state, State::Taken) {
+            State::Finished(r) => r,
+            State::Cancelled => {
+                g.state = State::Cancelled;
+                Err(Error::Cancelled)
+            }
+            other => {
+                g.state = other;
+                Err(Error::InvalidArgument {
+                    reason: "the result of this future was already taken by .await".into(),
+                })
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Job for Shared<T> {
+    fn run(&self) {
+        if let Some(work) = self.claim() {
+            self.run_work(work);
+        }
+    }
+
+    fn cancel(&self) -> bool {
+        self.cancel_with(Error::Cancelled)
+    }
+
+    fn fail_if_pending(&self, err: Error) {
+        self.cancel_with(err);
+    }
+}
+
+fn run_callbacks<T>(callbacks: Vec<Callback<T>>, result: &Result<T, Error>) {
+    for cb in callbacks {
+        run_callback(cb, result);
+    }
+}
+
+fn run_callback<T>(cb: Callback<T>, result: &Result<T, Error>) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(|| cb(result))) {
+        log::error!(
+            "a done-callback panicked (the other callbacks still run): {}",
+            crate::error::panic_message(&*p)
+        );
+    }
+}
+
+/// The handle of one submitted task, like Python's `concurrent.futures.Future`.
+///
+/// It is `Send + Sync` for `T: Send` and not `Clone`: [`result`](Self::result)
+/// consumes it and moves the value out. It is also a
+/// [`std::future::Future`], so async code can `.await` a pool task.
+///
+/// Dropping a `Future` does not cancel its task (as in Python); call
+/// [`cancel`](Self::cancel) for that.
+pub struct Future<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> std::fmt::Debug for Future<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Future")
+            .field("task", &self.shared.tag.id)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> Future<T> {
+    pub(crate) fn new(shared: Arc<Shared<T>>) -> Self {
+        Future { shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared<T>> {
+        &self.shared
+    }
+
+    /// Blocks until the task ends and returns its result.
+    ///
+    /// Called from a task of the same pool on a task that has not started,
+    /// it runs that task on the calling thread instead of sleeping, so nested
+    /// submit-and-wait works with one worker. If the wait could never end
+    /// (tasks waiting on each other in a cycle) it returns
+    /// [`Error::Deadlock`] at once instead of hanging.
+    pub fn result(self) -> Result<T, Error> {
+        self.shared.wait_until(None)?;
+        let mut g = self.shared.lock();
+        self.shared.take(&mut g)
+    }
+
+    /// Like [`result`](Self::result), but gives up with [`Error::Timeout`]
+    /// after `timeout`. The task keeps running. A timed wait never helps and
+    /// is never refused as a deadlock: it ends by itself.
+    pub fn result_timeout(self, timeout: Duration) -> Result<T, Error> {
+        if !self.shared.wait_until(Some(deadline_after(timeout)))? {
+            return Err(Error::Timeout);
+        }
+        let mut g = self.shared.lock();
+        self.shared.take(&mut g)
+    }
+
+    /// Blocks until the task ends (finished or cancelled).
+    ///
+    /// A wait that could never end (see [`result`](Self::result)) returns at
+    /// once with the future still not done, and logs the cycle; use
+    /// [`try_wait`](Self::try_wait) to get the [`Error::Deadlock`].
+    pub fn wait(&self) {
+        if let Err(e) = self.try_wait() {
+            log::error!("{e}");
+        }
+    }
+
+    /// Blocks until the task ends; `Err(Error::Deadlock)` if it never could.
+    pub fn try_wait(&self) -> Result<(), Error> {
+        self.shared.wait_until(None).map(|_| ())
+    }
+
+    /// Blocks until the task ends or `timeout` passes; true when it ended.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        matches!(
+            self.shared.wait_until(Some(deadline_after(timeout))),
+            Ok(true)
+        )
+    }
+
+    /// Cancels the task if it has not started: it will never run and its
+    /// result is [`Error::Cancelled`]. Returns true if the task is now
+    /// cancelled (also when it already was), false if it is running or has
+    /// finished.
+    pub fn cancel(&self) -> bool {
+        self.shared.cancel_with(Error::Cancelled)
+    }
+
+    /// True if the task was cancelled.
+    pub fn cancelled(&self) -> bool {
+        matches!(self.shared.lock().state, State::Cancelled)
+    }
+
+    /// True while the task runs (for a process pool: from the moment it is
+    /// sent to a worker, as in Python).
+    pub fn running(&self) -> bool {
+        matches!(self.shared.lock().state, State::Running)
+    }
+
+    /// True if the task was cancelled or has finished.
+    pub fn done(&self) -> bool {
+        self.shared.is_done()
+    }
+
+    /// Calls `f` with the result once the task ends.
+    ///
+    /// If the task is still pending or running, `f` runs on the thread that
+    /// completes it (a pool thread, a dispatcher thread, or the thread that
+    /// cancels it), before `result()` returns to anyone. If the task has
+    /// already ended, `f` runs at once on the caller's thread; keep it short,
+    /// as other calls on this future wait for it. A panicking callback is
+    /// caught and logged; the other callbacks still run.
+    pub fn add_done_callback<F>(&self, f: F)
+    where
+        F: FnOnce(&Result<T, Error>) + Send + 'static,
+    {
+        let mut g = self.shared.lock();
+        match &g.state {
+            State::Pending(_) | State::Running => g.callbacks.push(Box::new(f)),
+            State::Cancelled => {
+                drop(g);
+                run_callback(Box::new(f), &Err(Error::Cancelled));
+            }
+            State::Finished(r) => run_callback(Box::new(f), r),
+            State::Taken => {
+                drop(g);
+                run_callback(
+                    Box::new(f),
+                    &Err(Error::InvalidArgument {
+                        reason: "the result of this future was already taken by .await".into(),
+                    }),
+                );
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> std::future::Future for Future<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let shared = &self.shared;
+        let mut g = shared.lock();
+        if g.state.is_done() {
+            return Poll::Ready(shared.take(&mut g));
+        }
+        match &g.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => g.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// `now + timeout`, saturating far in the future for huge timeouts.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365))
+}

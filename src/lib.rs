@@ -1,0 +1,60 @@
+//! # twinpool
+//!
+//! Python's `concurrent.futures` for Rust: one [`Executor`] that runs work on
+//! a pool of **threads** or of **processes**, with [`Future`]s, [`wait`],
+//! [`as_completed`] and an ordered [`Executor::map`].
+//!
+//! * [`Executor::threads`] runs closures (and named tasks) on worker threads
+//!   of this process, like `ThreadPoolExecutor`.
+//! * [`Executor::processes`] runs named tasks from a [`Registry`] in worker
+//!   processes, like `ProcessPoolExecutor`. Arguments and results cross as
+//!   serde values, the counterpart of pickle's restriction in Python. A crash
+//!   in a task costs its worker, not your program.
+//!
+//! ```
+//! use twinpool::{as_completed, Executor};
+//!
+//! let ex = Executor::threads(3);
+//! let futures = ["a", "bb", "ccc"]
+//!     .into_iter()
+//!     .map(|s| ex.submit(move || s.len()))
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let mut lengths: Vec<usize> = as_completed(futures, None)
+//!     .map(|f| f?.result())
+//!     .collect::<Result<_, _>>()?;
+//! lengths.sort();
+//! assert_eq!(lengths, [1, 2, 3]);
+//!
+//! // map keeps input order, whatever order the tasks finish in.
+//! let doubled: Vec<i32> = ex.map(|x: i32| x * 2, vec![3, 1, 2])?.collect::<Result<_, _>>()?;
+//! assert_eq!(doubled, [6, 2, 4]);
+//! # Ok::<(), twinpool::Error>(())
+//! ```
+//!
+//! Where Python hangs, twinpool answers: a task that blocks on a task of its
+//! own pool that has not started runs it itself, and a wait that closes a
+//! cycle of tasks waiting on each other returns [`Error::Deadlock`].
+#![warn(missing_docs)]
+
+#[cfg(feature = "process")]
+mod codec;
+mod deadlock;
+mod error;
+mod executor;
+mod future;
+mod map;
+#[cfg(feature = "process")]
+mod process;
+mod registry;
+mod threads;
+mod wait;
+
+pub use error::Error;
+pub use executor::{Builder, Executor};
+pub use future::Future;
+pub use map::{Map, MapOptions};
+pub use registry::Registry;
+pub use wait::{as_completed, try_wait, wait, AsCompleted, ReturnWhen, Waited};
+
+#[cfg(feature = "process")]
+pub use process::serve_if_worker;

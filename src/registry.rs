@@ -1,0 +1,159 @@
+//! Named, type-erased tasks.
+//!
+//! A process pool cannot send a closure to another process, so work that
+//! crosses is named: the parent and its workers build the same [`Registry`],
+//! the parent sends a name and an encoded argument, the worker looks the name
+//! up and calls the function. Each entry keeps the function twice: as itself,
+//! for the thread back end to call directly when the types match, and behind
+//! an encoded-bytes adapter for worker processes.
+
+use std::any::{Any, TypeId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[cfg(feature = "process")]
+use crate::Error;
+
+/// Calls a registered function on an encoded argument; gives the encoded
+/// result.
+#[cfg(feature = "process")]
+pub(crate) type BytesFn = dyn Fn(&[u8]) -> Result<Vec<u8>, Error> + Send + Sync;
+
+/// One registered task.
+pub(crate) struct Entry {
+    pub(crate) name: Arc<str>,
+    pub(crate) arg_type: &'static str,
+    pub(crate) ret_type: &'static str,
+    arg_id: TypeId,
+    ret_id: TypeId,
+    /// An `Arc<dyn Fn(A) -> R + Send + Sync>`.
+    direct: Box<dyn Any + Send + Sync>,
+    #[cfg(feature = "process")]
+    pub(crate) call_bytes: Box<BytesFn>,
+}
+
+type DirectFn<A, R> = Arc<dyn Fn(A) -> R + Send + Sync>;
+
+impl Entry {
+    /// The function itself, if it takes `A` and returns `R`.
+    pub(crate) fn direct<A: 'static, R: 'static>(&self) -> Option<DirectFn<A, R>> {
+        if self.arg_id != TypeId::of::<A>() || self.ret_id != TypeId::of::<R>() {
+            return None;
+        }
+        self.direct.downcast_ref::<DirectFn<A, R>>().cloned()
+    }
+
+    /// The sentence for a call with other types than registered.
+    pub(crate) fn type_mismatch<A, R>(&self) -> crate::Error {
+        crate::Error::Decode {
+            what: format!("the argument of task {:?}", self.name),
+            detail: format!(
+                "it was registered as fn({}) -> {} but called as fn({}) -> {}; \
+                 call it with the registered types",
+                self.arg_type,
+                self.ret_type,
+                std::any::type_name::<A>(),
+                std::any::type_name::<R>()
+            ),
+        }
+    }
+}
+
+/// Task functions by name, shared by a pool and its worker processes.
+///
+/// Build the same registry in the parent and in every worker (the usual way:
+/// one function that returns it, called in `main` before
+/// [`serve_if_worker`](crate::serve_if_worker)). Arguments and results are
+/// serde types; use a tuple for several arguments.
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let registry = twinpool::Registry::new()
+///     .register("square", square)
+///     .register("add", |(a, b): (i64, i64)| a + b);
+/// assert!(registry.contains("add"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Registry {
+    tasks: BTreeMap<String, Arc<Entry>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.tasks.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds `f` under `name`.
+    ///
+    /// # Panics
+    /// If `name` is registered already: two functions under one name is a
+    /// programming error, caught by the first test that builds the registry.
+    pub fn register<A, R, F>(mut self, name: &str, f: F) -> Registry
+    where
+        A: DeserializeOwned + Serialize + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        assert!(
+            !self.tasks.contains_key(name),
+            "twinpool: the task name {name:?} is registered twice; each name must be unique"
+        );
+        let f: DirectFn<A, R> = Arc::new(f);
+        let name: Arc<str> = name.into();
+        #[cfg(feature = "process")]
+        let call_bytes: Box<BytesFn> = {
+            let f = f.clone();
+            let name = name.clone();
+            Box::new(move |bytes: &[u8]| {
+                let arg: A =
+                    crate::codec::decode(bytes, || format!("the argument of task {name:?}"))?;
+                crate::codec::encode(&f(arg), || format!("the result of task {name:?}"))
+            })
+        };
+        let entry = Entry {
+            name: name.clone(),
+            arg_type: std::any::type_name::<A>(),
+            ret_type: std::any::type_name::<R>(),
+            arg_id: TypeId::of::<A>(),
+            ret_id: TypeId::of::<R>(),
+            direct: Box::new(f),
+            #[cfg(feature = "process")]
+            call_bytes,
+        };
+        self.tasks.insert(name.to_string(), Arc::new(entry));
+        self
+    }
+
+    /// True if a task is registered under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tasks.contains_key(name)
+    }
+
+    /// The registered names, in sorted order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Result<&Arc<Entry>, crate::Error> {
+        self.tasks
+            .get(name)
+            .ok_or_else(|| crate::Error::NotRegistered { name: name.into() })
+    }
+
+    /// Every entry, in name order.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.tasks.values()
+    }
+}

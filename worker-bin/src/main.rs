@@ -1,0 +1,2 @@
+//! Placeholder until the process back end lands.
+fn main() {}
