@@ -223,11 +223,24 @@ impl<T: Send + 'static> Iterator for Map<T> {
                 self.ended = true;
                 return self.submit_error.take().map(Err);
             };
-            let result = match self.deadline {
-                None => fut.result(),
-                Some(d) => fut.result_timeout(d.saturating_duration_since(Instant::now())),
+            // Wait without consuming the future, so that one that will not
+            // be waited for any more is cancelled with the rest (Python's
+            // `_result_or_cancel`): the item that timed out must not run later.
+            let waited = match self.deadline {
+                None => fut.try_wait(),
+                Some(d) => {
+                    if fut.wait_timeout(d.saturating_duration_since(Instant::now())) {
+                        Ok(())
+                    } else {
+                        Err(Error::Timeout)
+                    }
+                }
             };
-            match result {
+            if let Err(e) = waited {
+                fut.cancel();
+                return self.end_with(e);
+            }
+            match fut.result() {
                 Ok(chunk) => {
                     // A chunk that ended early at an error has fewer results.
                     self.outstanding = self.outstanding.saturating_sub(n - chunk.len());
