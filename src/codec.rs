@@ -4,6 +4,12 @@
 //! option: RUSTSEC-2025-0141 marks every release unmaintained.) Decoding
 //! checks that the whole payload was consumed, so a value of another type that
 //! happens to decode from a prefix is still refused.
+//!
+//! `Vec<u8>` and `String` skip serde: their bytes are the payload, copied
+//! once instead of encoded byte by byte. Both sides know the type (the
+//! handshake checks the type names), so they agree on the format.
+
+use std::any::{Any, TypeId};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,10 +17,17 @@ use serde::Serialize;
 use crate::Error;
 
 /// Encodes `value`; `what` names it for the error message.
-pub(crate) fn encode<T: Serialize>(
+pub(crate) fn encode<T: Serialize + 'static>(
     value: &T,
     what: impl FnOnce() -> String,
 ) -> Result<Vec<u8>, Error> {
+    let any = value as &dyn Any;
+    if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
+        return Ok(bytes.clone());
+    }
+    if let Some(s) = any.downcast_ref::<String>() {
+        return Ok(s.as_bytes().to_vec());
+    }
     postcard::to_allocvec(value).map_err(|e| Error::Encode {
         what: what(),
         detail: e.to_string(),
@@ -22,10 +35,30 @@ pub(crate) fn encode<T: Serialize>(
 }
 
 /// Decodes a whole `T` from `bytes`; `what` names it for the error message.
-pub(crate) fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned + 'static>(
     bytes: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<T, Error> {
+    let raw: Option<Box<dyn Any>> = if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        Some(Box::new(bytes.to_vec()))
+    } else if TypeId::of::<T>() == TypeId::of::<String>() {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                return Err(Error::Decode {
+                    what: what(),
+                    detail: format!("the bytes are not a UTF-8 String: {e}"),
+                })
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(raw) = raw {
+        if let Ok(value) = raw.downcast::<T>() {
+            return Ok(*value);
+        }
+    }
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(Error::Decode {
@@ -40,5 +73,38 @@ pub(crate) fn decode<T: DeserializeOwned>(
             what: what(),
             detail: format!("not a valid {}: {e}", std::any::type_name::<T>()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let what = || "x".to_string();
+        let v = (3u64, "a".to_string(), vec![1i32, -2]);
+        assert_eq!(
+            decode::<(u64, String, Vec<i32>)>(&encode(&v, what).unwrap(), what).unwrap(),
+            v
+        );
+        let bytes = vec![0u8, 255, 7];
+        assert_eq!(encode(&bytes, what).unwrap(), bytes);
+        assert_eq!(decode::<Vec<u8>>(&bytes, what).unwrap(), bytes);
+        assert_eq!(decode::<String>(b"hi", what).unwrap(), "hi");
+    }
+
+    #[test]
+    fn leftover_bytes_are_a_decode_error() {
+        let what = || "x".to_string();
+        let two = encode(&(1u8, 2u8), what).unwrap();
+        assert!(matches!(
+            decode::<u8>(&two, what),
+            Err(Error::Decode { .. })
+        ));
+        assert!(matches!(
+            decode::<String>(&[0xff], what),
+            Err(Error::Decode { .. })
+        ));
     }
 }

@@ -389,7 +389,10 @@ pub struct Builder {
     thread_name_prefix: Option<String>,
     initializer: Option<Initializer>,
     #[cfg(feature = "process")]
-    pub(crate) process: crate::process::ProcessOptions,
+    process: crate::process::ProcessOptions,
+    /// The encoded argument of `initializer_named`, or why it failed.
+    #[cfg(feature = "process")]
+    initializer_arg: Option<Result<Vec<u8>, Error>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -442,6 +445,37 @@ impl Builder {
         F: Fn() + Send + Sync + 'static,
     {
         self.initializer = Some(Arc::new(init));
+        self
+    }
+
+    /// The program worker processes run: one whose `main` calls
+    /// [`serve_if_worker`](crate::serve_if_worker) with a registry holding
+    /// the same task names and types. Default: the current executable.
+    #[cfg(feature = "process")]
+    pub fn worker_program(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
+        self.process.program = Some(path.into());
+        self
+    }
+
+    /// How long a new worker process has to start and connect before it
+    /// counts as failed ([`Error::Spawn`]). Default: 10 seconds.
+    #[cfg(feature = "process")]
+    pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Builder {
+        self.process.connect_timeout = timeout;
+        self
+    }
+
+    /// For a process pool: runs the registered task `name` on `arg` in every
+    /// worker process before its first task, the counterpart of Python's
+    /// `initializer` and `initargs` (a closure cannot cross to a worker, so
+    /// the initializer is named). If it panics or fails, the pool is broken:
+    /// queued and later work gets [`Error::BrokenPool`] naming the cause.
+    #[cfg(feature = "process")]
+    pub fn initializer_named<A: Serialize + 'static>(mut self, name: &str, arg: A) -> Builder {
+        let payload =
+            crate::codec::encode(&arg, || format!("the argument of initializer {name:?}"));
+        self.initializer_arg = Some(payload);
+        self.process.initializer = Some((name.to_string(), Vec::new()));
         self
     }
 

@@ -63,7 +63,11 @@ pub(crate) struct Shared<T> {
 /// A task in a thread pool's queue, with its result type erased.
 pub(crate) trait Job: Send + Sync {
     /// Runs the task on this thread unless it was cancelled or claimed.
-    fn run(&self);
+    /// `finishing` is called exactly once on this thread: after the task's
+    /// callbacks and just before its result is published, or at once if
+    /// there was nothing to run. A pool counts its thread idle there, so a
+    /// submit that follows a `result()` finds the thread idle.
+    fn run(&self, finishing: &dyn Fn());
     /// Cancels the task if it has not started.
     fn cancel(&self) -> bool;
     /// Fails the task with `err` if it has not started.
@@ -102,6 +106,12 @@ impl<T: Send + 'static> Shared<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The task's name, for named tasks ("a closure" otherwise).
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn name(&self) -> Arc<str> {
+        self.tag.name.clone().unwrap_or_else(|| "a closure".into())
+    }
+
     /// The task's id, unique in this process.
     pub(crate) fn id(&self) -> u64 {
         self.tag.id
@@ -112,7 +122,7 @@ impl<T: Send + 'static> Shared<T> {
     fn claim(&self) -> Option<Work<T>> {
         let mut g = self.lock();
         match &mut g.state {
-            State::Pending(work) => {
+            State::Pending(work @ Some(_)) => {
                 let work = work.take();
                 g.state = State::Running;
                 work
@@ -136,15 +146,26 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     /// Runs claimed work here, catching a panic, and completes the future.
-    fn run_work(&self, work: Work<T>) {
+    fn run_work(&self, work: Work<T>, finishing: &dyn Fn()) {
         let outcome = deadlock::running(self.tag.clone(), || catch_unwind(AssertUnwindSafe(work)));
-        self.complete(outcome.unwrap_or_else(|p| Err(Error::from_panic(p))));
+        self.complete_then(
+            outcome.unwrap_or_else(|p| Err(Error::from_panic(p))),
+            finishing,
+        );
     }
 
     /// Ends a running task with `result`: callbacks, then waiters.
     pub(crate) fn complete(&self, result: Result<T, Error>) {
+        self.complete_then(result, &|| {});
+    }
+
+    /// [`complete`](Self::complete), calling `finishing` after the callbacks
+    /// and before the result is published.
+    fn complete_then(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
         let mut g = self.lock();
         if g.state.is_done() {
+            drop(g);
+            finishing();
             return;
         }
         while !g.callbacks.is_empty() {
@@ -153,6 +174,7 @@ impl<T: Send + 'static> Shared<T> {
             run_callbacks(callbacks, &result);
             g = self.lock();
         }
+        finishing();
         g.state = State::Finished(result);
         self.wake_all(g);
     }
@@ -173,7 +195,9 @@ impl<T: Send + 'static> Shared<T> {
         }
     }
 
-    fn cancel_with(&self, err: Error) -> bool {
+    /// Ends a pending task with `err` (`Cancelled` gives the cancelled
+    /// state). True if it was pending, or already cancelled.
+    pub(crate) fn cancel_with(&self, err: Error) -> bool {
         let mut g = self.lock();
         let was_cancelled = matches!(g.state, State::Cancelled);
         let State::Pending(work) = &mut g.state else {
@@ -248,7 +272,7 @@ impl<T: Send + 'static> Shared<T> {
         // While it runs inline, the waiting task waits for it: record that so
         // a cycle through it is still seen.
         let edge = deadlock::begin_wait(&[self.tag.id], true);
-        self.run_work(work);
+        self.run_work(work, &|| {});
         drop(edge);
         true
     }
@@ -297,9 +321,10 @@ impl<T: Send + 'static> Shared<T> {
 }
 
 impl<T: Send + 'static> Job for Shared<T> {
-    fn run(&self) {
-        if let Some(work) = self.claim() {
-            self.run_work(work);
+    fn run(&self, finishing: &dyn Fn()) {
+        match self.claim() {
+            Some(work) => self.run_work(work, finishing),
+            None => finishing(),
         }
     }
 

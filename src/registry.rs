@@ -46,6 +46,12 @@ impl Entry {
         self.direct.downcast_ref::<DirectFn<A, R>>().cloned()
     }
 
+    /// True if the task takes `A` and returns `R`.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn matches<A: 'static, R: 'static>(&self) -> bool {
+        self.arg_id == TypeId::of::<A>() && self.ret_id == TypeId::of::<R>()
+    }
+
     /// The sentence for a call with other types than registered.
     pub(crate) fn type_mismatch<A, R>(&self) -> crate::Error {
         crate::Error::Decode {

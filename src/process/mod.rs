@@ -1,42 +1,309 @@
-//! The process back end (being built: issue 3).
+//! The process back end: named tasks run in worker processes.
+//!
+//! * [`spawn`] starts a worker program and checks its handshake;
+//! * [`wire`] is the frame format on the ipc-channel byte channels;
+//! * [`dispatcher`] is the pool's side: one thread that hands queued tasks to
+//!   workers, and one reader thread per worker that completes futures;
+//! * [`worker`] is the worker's side ([`serve_if_worker`]).
+//!
+//! This file is the face the executor sees: submit a named task or a chunk,
+//! shut down.
+
+mod dispatcher;
+mod spawn;
+pub(crate) mod wire;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::future::Shared;
+use crate::map::Chunk;
 use crate::registry::Entry;
-use crate::{Error, Future, Registry};
-use std::sync::Arc;
+use crate::{codec, Error, Future, Registry};
+use dispatcher::{Msg, Queued};
+use wire::Outcome;
 
-/// Process-pool options of the builder.
-#[derive(Default, Debug)]
-pub(crate) struct ProcessOptions {}
+pub use worker::serve_if_worker;
 
+/// The builder's options for process pools.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessOptions {
+    /// The worker program; `None` re-runs the current executable.
+    pub(crate) program: Option<PathBuf>,
+    /// A registered task each worker runs before its first task, with its
+    /// encoded argument.
+    pub(crate) initializer: Option<(String, Vec<u8>)>,
+    /// How long a new worker has to connect.
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            program: None,
+            initializer: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether the pool takes work.
+#[derive(Default)]
+pub(crate) struct Gate {
+    closed: bool,
+    broken: Option<String>,
+}
+
+/// What the pool and its dispatcher share.
+pub(crate) struct Common {
+    gate: Mutex<Gate>,
+    /// Set when the dispatcher has stopped every worker.
+    finished: Mutex<bool>,
+    finished_cv: Condvar,
+}
+
+impl Common {
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the pool broken; later submits fail with `BrokenPool`.
+    fn set_broken(&self, reason: &str) {
+        let mut g = self.gate();
+        if g.broken.is_none() {
+            g.broken = Some(reason.to_string());
+        }
+    }
+
+    fn set_finished(&self) {
+        *self.finished.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.finished_cv.notify_all();
+    }
+}
+
+/// A pool of worker processes.
 pub(crate) struct ProcessPool {
     id: u64,
+    tx: Sender<Msg>,
+    common: Arc<Common>,
 }
 
 impl ProcessPool {
+    /// Starts `n` workers running the tasks of `registry`; returns when all
+    /// have connected, or with the first start error.
     pub(crate) fn start(
-        _id: u64,
-        _n: usize,
-        _r: Registry,
-        _o: ProcessOptions,
-    ) -> Result<Self, Error> {
-        Err(Error::Unsupported {
-            reason: "the process back end is not built yet".into(),
-        })
+        id: u64,
+        n: usize,
+        registry: Registry,
+        opts: ProcessOptions,
+    ) -> Result<ProcessPool, Error> {
+        if let Some((name, _)) = &opts.initializer {
+            registry.get(name)?;
+        }
+        let common = Arc::new(Common {
+            gate: Mutex::new(Gate::default()),
+            finished: Mutex::new(false),
+            finished_cv: Condvar::new(),
+        });
+        let tx = dispatcher::start(id, n, registry, opts, common.clone())?;
+        Ok(ProcessPool { id, tx, common })
     }
+
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
-    pub(crate) fn submit<A, R>(&self, _e: &Arc<Entry>, _a: &A) -> Result<Future<R>, Error> {
-        Err(Error::Shutdown)
+
+    fn send(&self, q: Queued) -> Result<(), Error> {
+        let g = self.common.gate();
+        if let Some(reason) = &g.broken {
+            return Err(Error::BrokenPool {
+                reason: reason.clone(),
+            });
+        }
+        if g.closed {
+            return Err(Error::Shutdown);
+        }
+        self.tx.send(Msg::Task(q)).map_err(|_| Error::Shutdown)
     }
+
+    /// Queues task `entry` on `arg`. The argument is encoded here, so an
+    /// argument that cannot be encoded is an error of this call.
+    pub(crate) fn submit<A, R>(&self, entry: &Arc<Entry>, arg: &A) -> Result<Future<R>, Error>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let shared = Shared::new(self.id, Some(entry.name.clone()), None);
+        let future = Future::new(shared.clone());
+        if !entry.matches::<A, R>() {
+            shared.complete(Err(entry.type_mismatch::<A, R>()));
+            return Ok(future);
+        }
+        let payload = encode_arg(entry, arg)?;
+        self.send(Queued::one(
+            entry.name.clone(),
+            payload,
+            Arc::new(OneJob(shared)),
+        ))?;
+        Ok(future)
+    }
+
+    /// Queues task `entry` on each of `items`, as one message and one task.
     pub(crate) fn submit_chunk<A, R>(
         &self,
-        _e: &Arc<Entry>,
-        _a: &[A],
-    ) -> Result<Future<Vec<Result<R, Error>>>, Error> {
-        Err(Error::Shutdown)
+        entry: &Arc<Entry>,
+        items: &[A],
+    ) -> Result<Future<Chunk<R>>, Error>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let shared = Shared::new(self.id, Some(entry.name.clone()), None);
+        let future = Future::new(shared.clone());
+        if !entry.matches::<A, R>() {
+            shared.complete(Err(entry.type_mismatch::<A, R>()));
+            return Ok(future);
+        }
+        let payloads = items
+            .iter()
+            .map(|a| encode_arg(entry, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.send(Queued::chunk(
+            entry.name.clone(),
+            payloads,
+            Arc::new(ChunkJob(shared)),
+        ))?;
+        Ok(future)
     }
-    pub(crate) fn shutdown(&self, _wait: bool, _cancel: bool) {}
+
+    /// Stops taking work; cancels what is queued if `cancel_futures`; waits
+    /// until every worker has exited if `wait` (unless called on one of the
+    /// pool's own threads, where that wait could never end).
+    pub(crate) fn shutdown(&self, wait: bool, cancel_futures: bool) {
+        {
+            let mut g = self.common.gate();
+            if !g.closed || cancel_futures {
+                g.closed = true;
+                let _ = self.tx.send(Msg::Shutdown {
+                    cancel: cancel_futures,
+                });
+            }
+        }
+        if !wait || crate::deadlock::current_pool() == Some(self.id) {
+            return;
+        }
+        let mut done = self
+            .common
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while !*done {
+            done = self
+                .common
+                .finished_cv
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
-/// Serves tasks if this process was started as a pool worker; else returns.
-pub fn serve_if_worker(_registry: &Registry) {}
+fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: &A) -> Result<Vec<u8>, Error> {
+    let what = || format!("the argument of task {:?}", entry.name);
+    let payload = codec::encode(arg, what)?;
+    if !wire::fits(payload.len()) {
+        return Err(Error::Encode {
+            what: what(),
+            detail: format!("it is {} bytes; at most 4 GiB can cross", payload.len()),
+        });
+    }
+    Ok(payload)
+}
+
+/// A queued process task with its result type erased.
+pub(crate) trait RemoteJob: Send + Sync {
+    /// Marks it running as it is sent; false if it was cancelled.
+    fn claim(&self) -> bool;
+    /// Cancels it if it has not been sent.
+    fn cancel(&self) -> bool;
+    /// Ends it with `err`, sent or not.
+    fn fail(&self, err: Error);
+    /// Ends it with the worker's answer.
+    fn finish(&self, outcomes: Vec<Outcome>);
+}
+
+struct OneJob<R>(Arc<Shared<R>>);
+struct ChunkJob<R>(Arc<Shared<Chunk<R>>>);
+
+/// The result an outcome stands for.
+fn decode_outcome<R: DeserializeOwned + 'static>(outcome: Outcome, name: &str) -> Result<R, Error> {
+    match outcome {
+        Outcome::Ok(bytes) => codec::decode(&bytes, || format!("the result of task {name:?}")),
+        Outcome::Panicked(message) => Err(Error::Panicked { message }),
+        Outcome::Failed {
+            decode: true,
+            what,
+            detail,
+        } => Err(Error::Decode { what, detail }),
+        Outcome::Failed { what, detail, .. } => Err(Error::Encode { what, detail }),
+    }
+}
+
+fn fail<T: Send + 'static>(shared: &Shared<T>, err: Error) {
+    if !shared.cancel_with(err.clone()) {
+        shared.complete(Err(err));
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> RemoteJob for OneJob<R> {
+    fn claim(&self) -> bool {
+        self.0.claim_remote()
+    }
+    fn cancel(&self) -> bool {
+        self.0.cancel_with(Error::Cancelled)
+    }
+    fn fail(&self, err: Error) {
+        fail(&self.0, err)
+    }
+    fn finish(&self, outcomes: Vec<Outcome>) {
+        let name = self.0.name();
+        let result = match outcomes.into_iter().next() {
+            Some(o) => decode_outcome(o, &name),
+            None => Err(Error::Decode {
+                what: format!("the result of task {name:?}"),
+                detail: "the worker sent no result".into(),
+            }),
+        };
+        self.0.complete(result);
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> RemoteJob for ChunkJob<R> {
+    fn claim(&self) -> bool {
+        self.0.claim_remote()
+    }
+    fn cancel(&self) -> bool {
+        self.0.cancel_with(Error::Cancelled)
+    }
+    fn fail(&self, err: Error) {
+        fail(&self.0, err)
+    }
+    fn finish(&self, outcomes: Vec<Outcome>) {
+        let name = self.0.name();
+        let mut results = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            let r = decode_outcome(o, &name);
+            let failed = r.is_err();
+            results.push(r);
+            if failed {
+                break;
+            }
+        }
+        self.0.complete(Ok(results));
+    }
+}

@@ -191,9 +191,14 @@ impl Worker {
         };
         match initialized {
             Ok(()) => {
-                for job in self.rx.iter() {
-                    job.run();
+                // Idle from just before the result is published: a caller
+                // that gets the result and submits again must find this
+                // thread idle, not start another one.
+                let idle = || {
                     self.common.idle.fetch_add(1, Ordering::AcqRel);
+                };
+                for job in self.rx.iter() {
+                    job.run(&idle);
                 }
             }
             Err(reason) => self.break_pool(reason),

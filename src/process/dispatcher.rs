@@ -1,0 +1,582 @@
+//! The pool's side of a process pool: one dispatcher thread, one reader
+//! thread per worker.
+//!
+//! Tasks wait in the dispatcher's queue, still pending (cancellable), until a
+//! worker has room. Room is a window of tasks sent but not answered: for
+//! tasks that take a millisecond or more it is 2 (the one running and one
+//! queued beside it, like Python's call queue), for short tasks it grows so
+//! that about 2 ms of work is in flight and a worker never waits for the
+//! pool. The next task goes to the worker with the fewest in flight, so an
+//! idle worker is served before a busy one. A task is marked running as it
+//! is sent, as in Python.
+//!
+//! Each reader thread reads its worker's reply frames and completes futures.
+//! When a worker's channel closes, the dispatcher reaps the process, fails
+//! the task it was running with `WorkerDied`, sends the tasks queued behind
+//! it to other workers, and starts a replacement.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender};
+
+use super::spawn::{self, describe_status, Spawned};
+use super::wire::{Reader, Reply, Request, Writer};
+use super::{Common, ProcessOptions, RemoteJob};
+use crate::{deadlock, Error, Registry};
+
+/// Work in flight per worker is sized to about this much running time.
+const IN_FLIGHT_MICROS: u32 = 2_000;
+/// Most tasks in flight per worker, however short.
+const MAX_WINDOW: usize = 512;
+/// A frame is sent once it reaches this size, so one huge batch does not
+/// wait for the rest.
+const FRAME_BYTES: usize = 1 << 20;
+/// Consecutive failed starts of replacement workers before the pool breaks.
+const MAX_START_FAILURES: u32 = 3;
+
+/// What the dispatcher is told.
+pub(crate) enum Msg {
+    Task(Queued),
+    /// A reader completed tasks: there may be room.
+    Progress,
+    /// A worker's channel closed (or it sent a malformed frame).
+    Died {
+        slot: usize,
+        generation: u64,
+        bad_frame: Option<String>,
+    },
+    /// A worker's initializer failed.
+    InitFailed {
+        slot: usize,
+        generation: u64,
+        message: String,
+    },
+    Shutdown {
+        cancel: bool,
+    },
+}
+
+/// A task waiting to be sent or waiting for its answer.
+pub(crate) struct Queued {
+    id: u64,
+    name: Arc<str>,
+    payload: Payload,
+    job: Arc<dyn RemoteJob>,
+    /// Claimed (marked running) already: sent to a worker that died before
+    /// starting it.
+    claimed: bool,
+}
+
+enum Payload {
+    One(Vec<u8>),
+    Chunk(Vec<Vec<u8>>),
+}
+
+static NEXT_REQUEST_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Queued {
+    pub(crate) fn one(name: Arc<str>, payload: Vec<u8>, job: Arc<dyn RemoteJob>) -> Queued {
+        Queued::new(name, Payload::One(payload), job)
+    }
+
+    pub(crate) fn chunk(name: Arc<str>, items: Vec<Vec<u8>>, job: Arc<dyn RemoteJob>) -> Queued {
+        Queued::new(name, Payload::Chunk(items), job)
+    }
+
+    fn new(name: Arc<str>, payload: Payload, job: Arc<dyn RemoteJob>) -> Queued {
+        Queued {
+            id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            name,
+            payload,
+            job,
+            claimed: false,
+        }
+    }
+
+    fn write(&self, w: &mut Writer) {
+        match &self.payload {
+            Payload::One(p) => w.run(self.id, &self.name, p),
+            Payload::Chunk(items) => w.chunk(self.id, &self.name, items),
+        }
+    }
+}
+
+type InFlight = Arc<Mutex<VecDeque<Queued>>>;
+
+fn lock(q: &InFlight) -> MutexGuard<'_, VecDeque<Queued>> {
+    q.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One live worker process.
+struct Slot {
+    generation: u64,
+    pid: u32,
+    child: Child,
+    requests: IpcBytesSender,
+    in_flight: InFlight,
+    /// Running average of its tasks' running time, in µs (`u32::MAX` until
+    /// the first answer).
+    avg_micros: Arc<AtomicU32>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Slot {
+    /// How many tasks may be in flight on this worker.
+    fn window(&self) -> usize {
+        let avg = self.avg_micros.load(Ordering::Relaxed).max(1);
+        ((IN_FLIGHT_MICROS / avg) as usize).clamp(2, MAX_WINDOW)
+    }
+}
+
+struct Dispatcher {
+    pool: u64,
+    rx: Receiver<Msg>,
+    tx: Sender<Msg>,
+    common: Arc<Common>,
+    registry: Registry,
+    opts: ProcessOptions,
+    program: PathBuf,
+    queue: VecDeque<Queued>,
+    slots: Vec<Option<Slot>>,
+    next_generation: u64,
+    closing: bool,
+    broken: Option<String>,
+    start_failures: u32,
+}
+
+/// Starts the dispatcher thread, which starts `n` workers; returns the
+/// channel to it once they are all connected.
+pub(crate) fn start(
+    pool: u64,
+    n: usize,
+    registry: Registry,
+    opts: ProcessOptions,
+    common: Arc<Common>,
+) -> Result<Sender<Msg>, Error> {
+    let program = spawn::worker_program(opts.program.as_ref())?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let mut d = Dispatcher {
+        pool,
+        rx,
+        tx: tx.clone(),
+        common,
+        registry,
+        opts,
+        program,
+        queue: VecDeque::new(),
+        slots: Vec::new(),
+        next_generation: 0,
+        closing: false,
+        broken: None,
+        start_failures: 0,
+    };
+    // Workers are started from this long-lived thread: their parent-death
+    // signal fires when the thread that started them ends.
+    std::thread::Builder::new()
+        .name(format!("twinpool-{pool}-dispatcher"))
+        .spawn(move || {
+            deadlock::enter_worker(pool, format!("twinpool-{pool}-dispatcher"));
+            match d.start_workers(n) {
+                Ok(()) => {
+                    let _ = ready_tx.send(Ok(()));
+                    d.run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    d.stop_workers();
+                }
+            }
+            d.common.set_finished();
+        })
+        .map_err(|e| Error::Spawn {
+            reason: format!("could not start the pool's dispatcher thread: {e}"),
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(tx),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Spawn {
+            reason: "the pool's dispatcher thread ended while starting workers".into(),
+        }),
+    }
+}
+
+impl Dispatcher {
+    /// Starts `n` workers at once, then waits for each to connect.
+    fn start_workers(&mut self, n: usize) -> Result<(), Error> {
+        let mut starting = Vec::with_capacity(n);
+        for _ in 0..n {
+            starting.push(spawn::start(&self.program)?);
+        }
+        let mut first_error = None;
+        for s in starting {
+            match s.connect(self.opts.connect_timeout, &self.registry) {
+                Ok(spawned) if first_error.is_none() => {
+                    let slot = self.slots.len();
+                    self.slots.push(None);
+                    self.install(slot, spawned);
+                }
+                Ok(mut spawned) => {
+                    let _ = spawned.child.kill();
+                    let _ = spawned.child.wait();
+                }
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Puts a connected worker in `slot`: starts its reader, sends its
+    /// initializer.
+    fn install(&mut self, slot: usize, spawned: Spawned) {
+        let Spawned { child, hello } = spawned;
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let in_flight: InFlight = Arc::default();
+        let avg_micros = Arc::new(AtomicU32::new(u32::MAX));
+        let reader = ReaderThread {
+            slot,
+            generation,
+            replies: hello.replies,
+            in_flight: in_flight.clone(),
+            avg_micros: avg_micros.clone(),
+            tx: self.tx.clone(),
+        };
+        let pool = self.pool;
+        let reader = std::thread::Builder::new()
+            .name(format!("twinpool-{pool}-reader-{}", hello.pid))
+            .spawn(move || {
+                deadlock::enter_worker(pool, format!("twinpool-{pool}-reader"));
+                reader.run()
+            })
+            .ok();
+        if let Some((name, payload)) = &self.opts.initializer {
+            let mut w = Writer::default();
+            w.request(&Request::Init {
+                name: name.clone(),
+                payload: payload.clone(),
+            });
+            // A failure to send shows up as the worker's death.
+            let _ = hello.requests.send(&w.take());
+        }
+        self.slots[slot] = Some(Slot {
+            generation,
+            pid: hello.pid,
+            child,
+            requests: hello.requests,
+            in_flight,
+            avg_micros,
+            reader,
+        });
+    }
+
+    fn run(&mut self) {
+        while let Ok(msg) = self.rx.recv() {
+            self.handle(msg);
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+            }
+            self.dispatch();
+            if self.closing && self.queue.is_empty() && self.all_idle() {
+                break;
+            }
+        }
+        self.stop_workers();
+    }
+
+    fn all_idle(&self) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .all(|s| lock(&s.in_flight).is_empty())
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Task(q) => match &self.broken {
+                Some(reason) => q.job.fail(Error::BrokenPool {
+                    reason: reason.clone(),
+                }),
+                None => self.queue.push_back(q),
+            },
+            Msg::Progress => {}
+            Msg::Shutdown { cancel } => {
+                self.closing = true;
+                if cancel {
+                    self.queue.retain(|q| q.claimed || !q.job.cancel());
+                }
+            }
+            Msg::Died {
+                slot,
+                generation,
+                bad_frame,
+            } => self.worker_died(slot, generation, bad_frame),
+            Msg::InitFailed {
+                slot,
+                generation,
+                message,
+            } => {
+                let Some(s) = self.slot(slot, generation) else {
+                    return;
+                };
+                let reason = format!(
+                    "the initializer failed in worker process {}: {message}",
+                    s.pid
+                );
+                let in_flight: Vec<Queued> = lock(&s.in_flight).drain(..).collect();
+                self.break_pool(reason, in_flight);
+            }
+        }
+    }
+
+    fn slot(&self, slot: usize, generation: u64) -> Option<&Slot> {
+        self.slots
+            .get(slot)?
+            .as_ref()
+            .filter(|s| s.generation == generation)
+    }
+
+    /// Fails everything queued and `also` with `BrokenPool`; later submits
+    /// fail too.
+    fn break_pool(&mut self, reason: String, also: Vec<Queued>) {
+        log::error!("twinpool: the process pool is broken: {reason}");
+        self.common.set_broken(&reason);
+        for q in self.queue.drain(..).chain(also) {
+            q.job.fail(Error::BrokenPool {
+                reason: reason.clone(),
+            });
+        }
+        self.broken = Some(reason);
+    }
+
+    /// Sends queued tasks to workers with room, each to the least busy
+    /// worker at that moment, batched into one frame per worker.
+    fn dispatch(&mut self) {
+        if self.broken.is_some() || self.queue.is_empty() {
+            return;
+        }
+        let slots: Vec<&Slot> = self.slots.iter().flatten().collect();
+        let mut busy: Vec<usize> = slots.iter().map(|s| lock(&s.in_flight).len()).collect();
+        let windows: Vec<usize> = slots.iter().map(|s| s.window()).collect();
+        let mut frames: Vec<Writer> = slots.iter().map(|_| Writer::default()).collect();
+        while !self.queue.is_empty() {
+            let best = (0..slots.len())
+                .filter(|&i| busy[i] < windows[i])
+                .min_by_key(|&i| busy[i]);
+            let Some(i) = best else {
+                break;
+            };
+            let Some(mut q) = self.queue.pop_front() else {
+                break;
+            };
+            if !q.claimed && !q.job.claim() {
+                continue; // cancelled while queued: it never runs
+            }
+            q.claimed = true;
+            q.write(&mut frames[i]);
+            lock(&slots[i].in_flight).push_back(q);
+            busy[i] += 1;
+            if frames[i].len() >= FRAME_BYTES {
+                send(slots[i], &mut frames[i]);
+            }
+        }
+        for (slot, frame) in slots.iter().zip(&mut frames) {
+            send(slot, frame);
+        }
+    }
+
+    /// A worker's channel closed: reap it, fail its running task, re-queue
+    /// the rest, replace it.
+    fn worker_died(&mut self, slot: usize, generation: u64, bad_frame: Option<String>) {
+        if self.slot(slot, generation).is_none() {
+            return;
+        }
+        let Some(mut s) = self.slots[slot].take() else {
+            return;
+        };
+        if bad_frame.is_some() {
+            let _ = s.child.kill();
+        }
+        let status = describe_status(reap(&mut s.child, Duration::from_secs(2)));
+        let status = match bad_frame {
+            Some(why) => format!("it sent a {why} and was killed"),
+            None => status,
+        };
+        if let Some(reader) = s.reader.take() {
+            let _ = reader.join();
+        }
+        let mut in_flight: VecDeque<Queued> = lock(&s.in_flight).drain(..).collect();
+        if let Some(running) = in_flight.pop_front() {
+            log::warn!(
+                "twinpool: worker process {} {status} while running task {:?}",
+                s.pid,
+                running.name
+            );
+            running.job.fail(Error::WorkerDied { pid: s.pid, status });
+        }
+        // The tasks queued behind it never started: they go first to the
+        // other workers.
+        while let Some(q) = in_flight.pop_back() {
+            self.queue.push_front(q);
+        }
+        if self.broken.is_none() && !(self.closing && self.queue.is_empty()) {
+            self.replace(slot);
+        }
+    }
+
+    /// Starts a worker in `slot`; breaks the pool after repeated failures.
+    fn replace(&mut self, slot: usize) {
+        let started = spawn::start(&self.program)
+            .and_then(|s| s.connect(self.opts.connect_timeout, &self.registry));
+        match started {
+            Ok(spawned) => {
+                self.start_failures = 0;
+                self.install(slot, spawned);
+            }
+            Err(e) => {
+                self.start_failures += 1;
+                log::error!("twinpool: could not replace a dead worker: {e}");
+                let none_left = self.slots.iter().all(Option::is_none);
+                if self.start_failures >= MAX_START_FAILURES || none_left {
+                    self.break_pool(format!("no worker could be started: {e}"), Vec::new());
+                }
+            }
+        }
+    }
+
+    /// Tells every worker to exit, then reaps them (killing any that do not
+    /// exit in time) and joins their readers.
+    fn stop_workers(&mut self) {
+        let mut exit = Writer::default();
+        exit.request(&Request::Exit);
+        let exit = exit.take();
+        for s in self.slots.iter().flatten() {
+            let _ = s.requests.send(&exit);
+        }
+        for mut s in self.slots.drain(..).flatten() {
+            reap(&mut s.child, Duration::from_secs(5));
+            if let Some(reader) = s.reader.take() {
+                let _ = reader.join();
+            }
+            for q in lock(&s.in_flight).drain(..) {
+                q.job.fail(Error::WorkerDied {
+                    pid: s.pid,
+                    status: "was stopped at shutdown".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Sends what `frame` holds to `slot`'s worker. If the worker is gone, its
+/// reader reports the death and these tasks are sent again.
+fn send(slot: &Slot, frame: &mut Writer) {
+    if !frame.is_empty() {
+        let _ = slot.requests.send(&frame.take());
+    }
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it; always reaps it.
+fn reap(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            _ => {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+        }
+    }
+}
+
+/// Reads one worker's replies and completes their futures.
+struct ReaderThread {
+    slot: usize,
+    generation: u64,
+    replies: IpcBytesReceiver,
+    in_flight: InFlight,
+    avg_micros: Arc<AtomicU32>,
+    tx: Sender<Msg>,
+}
+
+impl ReaderThread {
+    fn run(self) {
+        let bad_frame = loop {
+            let Ok(frame) = self.replies.recv() else {
+                break None;
+            };
+            if let Err(e) = self.read(&frame) {
+                break Some(e);
+            }
+            let _ = self.tx.send(Msg::Progress);
+        };
+        let _ = self.tx.send(Msg::Died {
+            slot: self.slot,
+            generation: self.generation,
+            bad_frame,
+        });
+    }
+
+    fn read(&self, frame: &[u8]) -> Result<(), String> {
+        let mut reader = Reader::new(frame);
+        while let Some(reply) = reader.reply().map_err(|e| e.to_string())? {
+            let (id, micros, outcomes) = match reply {
+                Reply::Init(None) => continue,
+                Reply::Init(Some(message)) => {
+                    let _ = self.tx.send(Msg::InitFailed {
+                        slot: self.slot,
+                        generation: self.generation,
+                        message,
+                    });
+                    continue;
+                }
+                Reply::Done {
+                    id,
+                    micros,
+                    outcome,
+                } => (id, micros, vec![outcome]),
+                Reply::Chunk {
+                    id,
+                    micros,
+                    outcomes,
+                } => (id, micros, outcomes),
+            };
+            self.record(micros);
+            let q = {
+                let mut in_flight = lock(&self.in_flight);
+                match in_flight.iter().position(|q| q.id == id) {
+                    Some(i) => in_flight.remove(i),
+                    None => None,
+                }
+            };
+            match q {
+                Some(q) => q.job.finish(outcomes),
+                None => return Err(format!("malformed frame: an answer to unknown task {id}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, micros: u32) {
+        let old = self.avg_micros.load(Ordering::Relaxed);
+        let new = if old == u32::MAX {
+            micros
+        } else {
+            ((u64::from(old) * 7 + u64::from(micros)) / 8) as u32
+        };
+        self.avg_micros
+            .store(new.min(u32::MAX - 1), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,503 @@
+//! The wire protocol between a pool and its worker processes.
+//!
+//! After the handshake ([`Hello`], sent once through ipc-channel's one-shot
+//! server) every message is a *frame*: plain bytes on an ipc-channel bytes
+//! channel, holding one or more records. Batching records in one frame is how
+//! short tasks stream to a worker without a system call each.
+//!
+//! A record is a tag byte and fields; integers are little-endian, byte
+//! strings are a `u32` length and the bytes. Payloads are the codec's bytes
+//! (see [`crate::codec`]) and are copied once, with no per-byte encoding.
+//!
+//! Decoding never panics and never allocates more than the frame holds: every
+//! length is checked against the bytes that remain.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the frames or the handshake change.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The handshake a worker sends when it connects.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) version: u32,
+    pub(crate) pid: u32,
+    /// Every task the worker holds: name, argument type, result type.
+    pub(crate) tasks: Vec<(String, String, String)>,
+    /// Where the pool sends request frames.
+    pub(crate) requests: ipc_channel::ipc::IpcBytesSender,
+    /// Where the pool reads reply frames.
+    pub(crate) replies: ipc_channel::ipc::IpcBytesReceiver,
+}
+
+/// A request from the pool to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Run the initializer task `name` before anything else.
+    Init { name: String, payload: Vec<u8> },
+    /// Run task `name` on one argument.
+    Run {
+        id: u64,
+        name: String,
+        payload: Vec<u8>,
+    },
+    /// Run task `name` on each argument in order, stopping at a failure.
+    Chunk {
+        id: u64,
+        name: String,
+        items: Vec<Vec<u8>>,
+    },
+    /// Finish and exit.
+    Exit,
+}
+
+/// How one call ended in the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The encoded result.
+    Ok(Vec<u8>),
+    /// The task panicked with this message.
+    Panicked(String),
+    /// The argument could not be decoded (`decode`) or the result encoded.
+    Failed {
+        decode: bool,
+        what: String,
+        detail: String,
+    },
+}
+
+/// A reply from a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// The initializer ran; `Some(message)` if it failed.
+    Init(Option<String>),
+    /// Task `id` ended after `micros` of running.
+    Done {
+        id: u64,
+        micros: u32,
+        outcome: Outcome,
+    },
+    /// Chunk `id` ended; one outcome per item run.
+    Chunk {
+        id: u64,
+        micros: u32,
+        outcomes: Vec<Outcome>,
+    },
+}
+
+/// A frame that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadFrame(pub(crate) &'static str);
+
+impl std::fmt::Display for BadFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed frame: {}", self.0)
+    }
+}
+
+// Record tags.
+const INIT: u8 = 1;
+const RUN: u8 = 2;
+const CHUNK: u8 = 3;
+const EXIT: u8 = 4;
+const DONE: u8 = 5;
+const CHUNK_DONE: u8 = 6;
+const OK: u8 = 1;
+const PANICKED: u8 = 2;
+const FAILED_DECODE: u8 = 3;
+const FAILED_ENCODE: u8 = 4;
+
+/// Appends records to a frame.
+#[derive(Default)]
+pub(crate) struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The frame so far; the writer is empty afterwards.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        // Lengths over u32 are refused before they get here (see `fits`).
+        self.u32(b.len() as u32);
+        self.buf.extend_from_slice(b);
+    }
+
+    pub(crate) fn request(&mut self, r: &Request) {
+        match r {
+            Request::Init { name, payload } => {
+                self.u8(INIT);
+                self.bytes(name.as_bytes());
+                self.bytes(payload);
+            }
+            Request::Run { id, name, payload } => self.run(*id, name, payload),
+            Request::Chunk { id, name, items } => self.chunk(*id, name, items),
+            Request::Exit => self.u8(EXIT),
+        }
+    }
+
+    /// A `Run` record, without building a `Request`.
+    pub(crate) fn run(&mut self, id: u64, name: &str, payload: &[u8]) {
+        self.buf.reserve(17 + name.len() + payload.len());
+        self.u8(RUN);
+        self.u64(id);
+        self.bytes(name.as_bytes());
+        self.bytes(payload);
+    }
+
+    /// A `Chunk` record, without building a `Request`.
+    pub(crate) fn chunk(&mut self, id: u64, name: &str, items: &[Vec<u8>]) {
+        self.u8(CHUNK);
+        self.u64(id);
+        self.bytes(name.as_bytes());
+        self.u32(items.len() as u32);
+        for item in items {
+            self.bytes(item);
+        }
+    }
+
+    pub(crate) fn reply(&mut self, r: &Reply) {
+        match r {
+            Reply::Init(err) => {
+                self.u8(INIT);
+                match err {
+                    None => self.u8(0),
+                    Some(msg) => {
+                        self.u8(1);
+                        self.bytes(msg.as_bytes());
+                    }
+                }
+            }
+            Reply::Done {
+                id,
+                micros,
+                outcome,
+            } => {
+                self.u8(DONE);
+                self.u64(*id);
+                self.u32(*micros);
+                self.outcome(outcome);
+            }
+            Reply::Chunk {
+                id,
+                micros,
+                outcomes,
+            } => {
+                self.u8(CHUNK_DONE);
+                self.u64(*id);
+                self.u32(*micros);
+                self.u32(outcomes.len() as u32);
+                for o in outcomes {
+                    self.outcome(o);
+                }
+            }
+        }
+    }
+
+    fn outcome(&mut self, o: &Outcome) {
+        match o {
+            Outcome::Ok(b) => {
+                self.u8(OK);
+                self.bytes(b);
+            }
+            Outcome::Panicked(msg) => {
+                self.u8(PANICKED);
+                self.bytes(msg.as_bytes());
+            }
+            Outcome::Failed {
+                decode,
+                what,
+                detail,
+            } => {
+                self.u8(if *decode {
+                    FAILED_DECODE
+                } else {
+                    FAILED_ENCODE
+                });
+                self.bytes(what.as_bytes());
+                self.bytes(detail.as_bytes());
+            }
+        }
+    }
+}
+
+/// True if a payload fits in one record field.
+pub(crate) fn fits(len: usize) -> bool {
+    u32::try_from(len).is_ok()
+}
+
+/// Reads records from a frame.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+type Res<T> = Result<T, BadFrame>;
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
+        if n > self.buf.len() {
+            return Err(BadFrame("a field runs past the end of the frame"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Res<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Res<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Res<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Res<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Res<String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| BadFrame("a name is not UTF-8"))
+    }
+    /// A count of items that each need at least `min` bytes: refused if the
+    /// frame cannot hold them, so a bad count never allocates.
+    fn count(&mut self, min: usize) -> Res<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min) > self.buf.len() {
+            return Err(BadFrame("a count is larger than the frame"));
+        }
+        Ok(n)
+    }
+
+    /// The next request, or `None` at the end of the frame.
+    pub(crate) fn request(&mut self) -> Res<Option<Request>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(match self.u8()? {
+            INIT => Request::Init {
+                name: self.string()?,
+                payload: self.bytes()?.to_vec(),
+            },
+            RUN => Request::Run {
+                id: self.u64()?,
+                name: self.string()?,
+                payload: self.bytes()?.to_vec(),
+            },
+            CHUNK => {
+                let id = self.u64()?;
+                let name = self.string()?;
+                let n = self.count(4)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.bytes()?.to_vec());
+                }
+                Request::Chunk { id, name, items }
+            }
+            EXIT => Request::Exit,
+            _ => return Err(BadFrame("unknown request tag")),
+        }))
+    }
+
+    /// The next reply, or `None` at the end of the frame.
+    pub(crate) fn reply(&mut self) -> Res<Option<Reply>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(match self.u8()? {
+            INIT => match self.u8()? {
+                0 => Reply::Init(None),
+                1 => Reply::Init(Some(self.lossy()?)),
+                _ => return Err(BadFrame("unknown initializer status")),
+            },
+            DONE => Reply::Done {
+                id: self.u64()?,
+                micros: self.u32()?,
+                outcome: self.outcome()?,
+            },
+            CHUNK_DONE => {
+                let id = self.u64()?;
+                let micros = self.u32()?;
+                let n = self.count(5)?;
+                let mut outcomes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    outcomes.push(self.outcome()?);
+                }
+                Reply::Chunk {
+                    id,
+                    micros,
+                    outcomes,
+                }
+            }
+            _ => return Err(BadFrame("unknown reply tag")),
+        }))
+    }
+
+    fn lossy(&mut self) -> Res<String> {
+        Ok(String::from_utf8_lossy(self.bytes()?).into_owned())
+    }
+
+    fn outcome(&mut self) -> Res<Outcome> {
+        Ok(match self.u8()? {
+            OK => Outcome::Ok(self.bytes()?.to_vec()),
+            PANICKED => Outcome::Panicked(self.lossy()?),
+            tag @ (FAILED_DECODE | FAILED_ENCODE) => Outcome::Failed {
+                decode: tag == FAILED_DECODE,
+                what: self.lossy()?,
+                detail: self.lossy()?,
+            },
+            _ => return Err(BadFrame("unknown outcome tag")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Init {
+                name: "init".into(),
+                payload: vec![1, 2],
+            },
+            Request::Run {
+                id: 7,
+                name: "square".into(),
+                payload: vec![9],
+            },
+            Request::Chunk {
+                id: 8,
+                name: "add".into(),
+                items: vec![vec![1], vec![], vec![2, 3]],
+            },
+            Request::Exit,
+        ]
+    }
+
+    fn replies() -> Vec<Reply> {
+        vec![
+            Reply::Init(Some("boom".into())),
+            Reply::Done {
+                id: 7,
+                micros: 12,
+                outcome: Outcome::Ok(vec![81]),
+            },
+            Reply::Chunk {
+                id: 8,
+                micros: 3,
+                outcomes: vec![
+                    Outcome::Ok(vec![]),
+                    Outcome::Panicked("p".into()),
+                    Outcome::Failed {
+                        decode: true,
+                        what: "w".into(),
+                        detail: "d".into(),
+                    },
+                ],
+            },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut w = Writer::default();
+        for r in requests() {
+            w.request(&r);
+        }
+        let frame = w.take();
+        let mut rd = Reader::new(&frame);
+        let mut got = Vec::new();
+        while let Some(r) = rd.request().unwrap() {
+            got.push(r);
+        }
+        assert_eq!(got, requests());
+
+        for r in replies() {
+            w.reply(&r);
+        }
+        let frame = w.take();
+        let mut rd = Reader::new(&frame);
+        let mut got = Vec::new();
+        while let Some(r) = rd.reply().unwrap() {
+            got.push(r);
+        }
+        assert_eq!(got, replies());
+    }
+
+    /// Every truncation of a valid frame is an error or a shorter list,
+    /// never a panic.
+    #[test]
+    fn truncated_frames_are_errors() {
+        let mut w = Writer::default();
+        for r in requests() {
+            w.request(&r);
+        }
+        for r in replies() {
+            w.reply(&r);
+        }
+        let frame = w.take();
+        for cut in 0..frame.len() {
+            let mut rd = Reader::new(&frame[..cut]);
+            while let Ok(Some(_)) = rd.request() {}
+            let mut rd = Reader::new(&frame[..cut]);
+            while let Ok(Some(_)) = rd.reply() {}
+        }
+    }
+
+    /// A count that claims more items than the frame holds is refused
+    /// before anything is allocated for them.
+    #[test]
+    fn huge_counts_are_refused() {
+        let mut frame = vec![CHUNK];
+        frame.extend_from_slice(&1u64.to_le_bytes());
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Reader::new(&frame).request().is_err());
+    }
+
+    /// Pseudo-random bytes never panic the decoders.
+    #[test]
+    fn random_frames_do_not_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..2000usize {
+            let frame: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 8) as u8
+                })
+                .collect();
+            let mut rd = Reader::new(&frame);
+            while let Ok(Some(_)) = rd.request() {}
+            let mut rd = Reader::new(&frame);
+            while let Ok(Some(_)) = rd.reply() {}
+        }
+    }
+}

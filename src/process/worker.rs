@@ -1,0 +1,239 @@
+//! The worker side: connect to the pool, then run request frames until told
+//! to exit or until the pool goes away.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
+
+use super::wire::{Hello, Outcome, Reader, Reply, Request, Writer, PROTOCOL_VERSION};
+use crate::{Error, Registry};
+
+/// The environment variable that tells a process it is a pool's worker: the
+/// name of the pool's one-shot server to connect to.
+pub(crate) const SERVER_ENV: &str = "TWINPOOL_WORKER_SERVER";
+
+/// Replies wait at most this long to be batched with later ones.
+const FLUSH_AFTER: Duration = Duration::from_micros(200);
+
+/// Serves tasks if this process was started as a pool's worker, then ends
+/// the process; in any other process, returns at once.
+///
+/// Call it first thing in `main`, with a registry holding the same names
+/// (and types) as the pool's: code before it runs in every worker too.
+///
+/// ```no_run
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn tasks() -> twinpool::Registry {
+///     twinpool::Registry::new().register("square", square)
+/// }
+///
+/// fn main() -> Result<(), twinpool::Error> {
+///     twinpool::serve_if_worker(&tasks());
+///     let pool = twinpool::Executor::processes(2, tasks())?;
+///     assert_eq!(pool.submit_named::<u64, u64>("square", 7)?.result()?, 49);
+///     Ok(())
+/// }
+/// ```
+pub fn serve_if_worker(registry: &Registry) {
+    let Some(server) = std::env::var_os(SERVER_ENV) else {
+        return;
+    };
+    // Processes this worker's tasks start are not workers.
+    std::env::remove_var(SERVER_ENV);
+    let code = match server.into_string() {
+        Ok(server) => match serve(registry, server) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("twinpool worker {}: {e}", std::process::id());
+                1
+            }
+        },
+        Err(_) => 1,
+    };
+    std::process::exit(code);
+}
+
+fn serve(registry: &Registry, server: String) -> Result<(), String> {
+    let connect = IpcSender::<Hello>::connect(server)
+        .map_err(|e| format!("could not connect to the pool: {e}"))?;
+    let (requests, request_rx) = ipc::bytes_channel().map_err(|e| e.to_string())?;
+    let (reply_tx, replies) = ipc::bytes_channel().map_err(|e| e.to_string())?;
+    let tasks = registry
+        .entries()
+        .map(|e| {
+            (
+                e.name.to_string(),
+                e.arg_type.to_string(),
+                e.ret_type.to_string(),
+            )
+        })
+        .collect();
+    connect
+        .send(Hello {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            tasks,
+            requests,
+            replies,
+        })
+        .map_err(|e| format!("could not send the handshake: {e}"))?;
+    drop(connect);
+    Worker {
+        registry,
+        rx: request_rx,
+        tx: reply_tx,
+        queue: VecDeque::new(),
+        out: Writer::default(),
+        oldest: None,
+    }
+    .run()
+}
+
+struct Worker<'a> {
+    registry: &'a Registry,
+    rx: IpcBytesReceiver,
+    tx: IpcBytesSender,
+    /// Requests received and not yet run.
+    queue: VecDeque<Request>,
+    /// Replies not yet sent, and when the first of them was written.
+    out: Writer,
+    oldest: Option<Instant>,
+}
+
+impl Worker<'_> {
+    fn run(mut self) -> Result<(), String> {
+        loop {
+            let Some(request) = self.queue.pop_front() else {
+                self.flush()?;
+                match self.rx.recv() {
+                    Ok(frame) => self.read(&frame)?,
+                    // The pool is gone: nothing left to serve.
+                    Err(_) => return Ok(()),
+                }
+                continue;
+            };
+            match request {
+                Request::Exit => return self.flush(),
+                Request::Init { name, payload } => {
+                    let failed = match self.call(&name, &payload) {
+                        Outcome::Ok(_) => None,
+                        Outcome::Panicked(m) => Some(format!("it panicked: {m}")),
+                        Outcome::Failed { what, detail, .. } => Some(format!("{what}: {detail}")),
+                    };
+                    let stop = failed.is_some();
+                    self.reply(&Reply::Init(failed))?;
+                    if stop {
+                        return self.flush();
+                    }
+                }
+                Request::Run { id, name, payload } => {
+                    let start = Instant::now();
+                    let outcome = self.call(&name, &payload);
+                    let micros = micros_since(start);
+                    self.reply(&Reply::Done {
+                        id,
+                        micros,
+                        outcome,
+                    })?;
+                }
+                Request::Chunk { id, name, items } => {
+                    let start = Instant::now();
+                    let mut outcomes = Vec::with_capacity(items.len());
+                    for item in &items {
+                        let outcome = self.call(&name, item);
+                        let failed = !matches!(outcome, Outcome::Ok(_));
+                        outcomes.push(outcome);
+                        if failed {
+                            break;
+                        }
+                    }
+                    let micros = micros_since(start);
+                    self.reply(&Reply::Chunk {
+                        id,
+                        micros,
+                        outcomes,
+                    })?;
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, frame: &[u8]) -> Result<(), String> {
+        let mut reader = Reader::new(frame);
+        while let Some(r) = reader.request().map_err(|e| e.to_string())? {
+            self.queue.push_back(r);
+        }
+        Ok(())
+    }
+
+    /// Calls task `name`, catching a panic.
+    fn call(&self, name: &str, payload: &[u8]) -> Outcome {
+        let entry = match self.registry.get(name) {
+            Ok(e) => e,
+            Err(e) => {
+                return Outcome::Failed {
+                    decode: true,
+                    what: format!("task {name:?}"),
+                    detail: e.to_string(),
+                }
+            }
+        };
+        match catch_unwind(AssertUnwindSafe(|| (entry.call_bytes)(payload))) {
+            Ok(Ok(bytes)) => Outcome::Ok(bytes),
+            Ok(Err(Error::Decode { what, detail })) => Outcome::Failed {
+                decode: true,
+                what,
+                detail,
+            },
+            Ok(Err(Error::Encode { what, detail })) => Outcome::Failed {
+                decode: false,
+                what,
+                detail,
+            },
+            Ok(Err(other)) => Outcome::Failed {
+                decode: true,
+                what: format!("task {name:?}"),
+                detail: other.to_string(),
+            },
+            Err(p) => Outcome::Panicked(crate::error::panic_message(&*p)),
+        }
+    }
+
+    /// Queues a reply; sends the batch when nothing else is waiting to run,
+    /// when the oldest reply has waited long enough, or when tasks are not
+    /// trivial (the next one may be long: its predecessor's reply goes now).
+    fn reply(&mut self, r: &Reply) -> Result<(), String> {
+        let micros = match r {
+            Reply::Done { micros, .. } | Reply::Chunk { micros, .. } => *micros,
+            Reply::Init(_) => u32::MAX,
+        };
+        self.out.reply(r);
+        let oldest = *self.oldest.get_or_insert_with(Instant::now);
+        if self.queue.is_empty()
+            || u128::from(micros) >= FLUSH_AFTER.as_micros()
+            || oldest.elapsed() >= FLUSH_AFTER
+            || self.out.len() > 1 << 20
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.oldest = None;
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let frame = self.out.take();
+        self.tx
+            .send(&frame)
+            .map_err(|e| format!("could not send results to the pool: {e}"))
+    }
+}
+
+fn micros_since(start: Instant) -> u32 {
+    u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX)
+}

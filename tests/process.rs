@@ -1,0 +1,578 @@
+//! The process back end, driven for real: this test program is its own worker
+//! (its `main` calls `serve_if_worker` first), so it has a small harness of
+//! its own instead of libtest's.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use twinpool::{as_completed, serve_if_worker, Error, Executor, MapOptions, Registry};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn tasks() -> Registry {
+    Registry::new()
+        .register("square", |x: u64| x * x)
+        .register("add", |(a, b): (i64, i64)| a + b)
+        .register("pid", |_: ()| std::process::id())
+        .register("len", |v: Vec<u8>| v.len() as u64)
+        .register("bytes", |n: u64| vec![7u8; n as usize])
+        .register("echo_string", |s: String| s)
+        .register("panic", |msg: String| -> u64 { panic!("{msg}") })
+        .register("noisy", |n: u32| {
+            for i in 0..n {
+                println!("noisy line {i}");
+                eprintln!("noisy error line {i}");
+            }
+            n
+        })
+        .register("sleep_ms", |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        })
+        // Blocks until the file named by its argument exists: the test
+        // controls when it finishes without timing.
+        .register("wait_for_file", |path: String| {
+            while !std::path::Path::new(&path).exists() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::process::id()
+        })
+        .register("exit", |code: i32| -> u64 { std::process::exit(code) })
+        .register("init_fail", |_: ()| -> () { panic!("initializer says no") })
+        .register("init_ok", |_: ()| ())
+}
+
+fn pool(n: usize) -> Executor {
+    Executor::processes(n, tasks()).expect("the pool starts")
+}
+
+fn named_submit_and_result() {
+    let ex = pool(2);
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 12)
+            .unwrap()
+            .result()
+            .unwrap(),
+        144
+    );
+    assert_eq!(
+        ex.submit_named::<(i64, i64), i64>("add", (40, 2))
+            .unwrap()
+            .result()
+            .unwrap(),
+        42
+    );
+    assert_eq!(ex.max_workers(), 2);
+}
+
+fn workers_are_other_processes_and_reused() {
+    let ex = pool(2);
+    let pids: std::collections::HashSet<u32> = (0..20)
+        .map(|_| ex.submit_named::<(), u32>("pid", ()).unwrap())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|f| f.result().unwrap())
+        .collect();
+    assert!(!pids.contains(&std::process::id()));
+    assert!(!pids.is_empty() && pids.len() <= 2, "pids: {pids:?}");
+}
+
+fn named_map_in_order() {
+    let ex = pool(2);
+    let out: Vec<u64> = ex
+        .map_named::<u64, u64, _>("square", 0..200)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+fn chunked_map_in_order() {
+    let ex = pool(2);
+    let opts = MapOptions {
+        chunksize: 37,
+        ..Default::default()
+    };
+    let out: Vec<u64> = ex
+        .map_named_with::<u64, u64, _>("square", 0..1000, opts)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+fn chunked_map_stops_at_panic() {
+    let ex = pool(1);
+    let opts = MapOptions {
+        chunksize: 4,
+        ..Default::default()
+    };
+    let items: Vec<String> = vec!["a".into(), "b".into()];
+    let mut m = ex
+        .map_named_with::<String, u64, _>("panic", items, opts)
+        .unwrap();
+    assert_eq!(
+        m.next(),
+        Some(Err(Error::Panicked {
+            message: "a".into()
+        }))
+    );
+    assert_eq!(m.next(), None);
+}
+
+fn buffered_map_infinite_input() {
+    let ex = pool(2);
+    let opts = MapOptions {
+        buffersize: Some(4),
+        chunksize: 2,
+        ..Default::default()
+    };
+    let out: Vec<u64> = ex
+        .map_named_with::<u64, u64, _>("square", 0.., opts)
+        .unwrap()
+        .take(50)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+fn panic_is_reported_and_worker_keeps_serving() {
+    let ex = pool(1);
+    let pid = ex
+        .submit_named::<(), u32>("pid", ())
+        .unwrap()
+        .result()
+        .unwrap();
+    let err = ex
+        .submit_named::<String, u64>("panic", "kaboom".into())
+        .unwrap()
+        .result();
+    assert_eq!(
+        err,
+        Err(Error::Panicked {
+            message: "kaboom".into()
+        })
+    );
+    assert_eq!(
+        ex.submit_named::<(), u32>("pid", ())
+            .unwrap()
+            .result()
+            .unwrap(),
+        pid
+    );
+}
+
+fn wrong_types_are_decode_errors() {
+    let ex = pool(1);
+    let r = ex.submit_named::<i32, u64>("square", 3).unwrap().result();
+    assert!(matches!(r, Err(Error::Decode { .. })), "{r:?}");
+    let r = ex
+        .submit_named::<u64, String>("square", 3)
+        .unwrap()
+        .result();
+    assert!(matches!(r, Err(Error::Decode { .. })), "{r:?}");
+    // The worker is unharmed.
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 3)
+            .unwrap()
+            .result()
+            .unwrap(),
+        9
+    );
+}
+
+fn unknown_name_and_closures_are_refused() {
+    let ex = pool(1);
+    assert_eq!(
+        ex.submit_named::<u64, u64>("cube", 3).err(),
+        Some(Error::NotRegistered {
+            name: "cube".into()
+        })
+    );
+    match ex.submit(|| 1) {
+        Err(Error::Unsupported { reason }) => assert!(reason.contains("submit_named"), "{reason}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
+
+fn large_arguments_and_results() {
+    let ex = pool(1);
+    let n = 16 << 20;
+    let big = vec![1u8; n];
+    assert_eq!(
+        ex.submit_named::<Vec<u8>, u64>("len", big)
+            .unwrap()
+            .result()
+            .unwrap(),
+        n as u64
+    );
+    let back = ex
+        .submit_named::<u64, Vec<u8>>("bytes", n as u64)
+        .unwrap()
+        .result()
+        .unwrap();
+    assert_eq!(back.len(), n);
+    assert!(back.iter().all(|&b| b == 7));
+    let s = "é".repeat(1 << 20);
+    assert_eq!(
+        ex.submit_named::<String, String>("echo_string", s.clone())
+            .unwrap()
+            .result()
+            .unwrap(),
+        s
+    );
+}
+
+fn noisy_task_does_not_disturb_the_pool() {
+    let ex = pool(1);
+    assert_eq!(
+        ex.submit_named::<u32, u32>("noisy", 3000)
+            .unwrap()
+            .result()
+            .unwrap(),
+        3000
+    );
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 5)
+            .unwrap()
+            .result()
+            .unwrap(),
+        25
+    );
+}
+
+fn flag_file(tag: &str) -> String {
+    let p = std::env::temp_dir().join(format!("twinpool-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p.to_string_lossy().into_owned()
+}
+
+fn queued_tasks_can_be_cancelled() {
+    let ex = pool(1);
+    let flag = flag_file("cancel");
+    let blocker = ex
+        .submit_named::<String, u32>("wait_for_file", flag.clone())
+        .unwrap();
+    // Slow tasks: at most one more is sent beside the running one; the rest
+    // stay in the parent, cancellable.
+    let queued: Vec<_> = (0..6)
+        .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+        .collect();
+    let cancelled = queued.iter().filter(|f| f.cancel()).count();
+    assert!(
+        cancelled >= 4,
+        "only {cancelled} of 6 queued tasks could be cancelled"
+    );
+    std::fs::write(&flag, b"go").unwrap();
+    blocker.result().unwrap();
+    for f in queued {
+        let was_cancelled = f.cancelled();
+        match f.result() {
+            Err(Error::Cancelled) => assert!(was_cancelled),
+            Ok(_) => assert!(!was_cancelled),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_file(&flag);
+}
+
+fn as_completed_and_timeouts() {
+    let ex = pool(2);
+    let flag = flag_file("ascompleted");
+    let slow = ex
+        .submit_named::<String, u32>("wait_for_file", flag.clone())
+        .unwrap();
+    let fast = ex.submit_named::<u64, u64>("square", 4).unwrap();
+    assert_eq!(fast.result_timeout(LONG).unwrap(), 16);
+    let mut it = as_completed(vec![slow], Some(Duration::from_millis(100)));
+    assert_eq!(it.next().map(|r| r.err()), Some(Some(Error::Timeout)));
+    let slow = it.into_remaining().pop().unwrap();
+    assert!(!slow.wait_timeout(Duration::from_millis(50)));
+    std::fs::write(&flag, b"go").unwrap();
+    let done: Vec<_> = as_completed(vec![slow], Some(LONG)).collect();
+    assert_eq!(done.len(), 1);
+    assert!(done.into_iter().next().unwrap().unwrap().result().is_ok());
+    let _ = std::fs::remove_file(&flag);
+}
+
+fn worker_exit_is_worker_died_and_pool_survives() {
+    let ex = pool(1);
+    let r = ex
+        .submit_named::<i32, u64>("exit", 3)
+        .unwrap()
+        .result_timeout(LONG);
+    match r {
+        Err(Error::WorkerDied { status, .. }) => assert!(status.contains("code 3"), "{status}"),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 6)
+            .unwrap()
+            .result_timeout(LONG)
+            .unwrap(),
+        36
+    );
+}
+
+fn failing_initializer_breaks_the_pool() {
+    let ex = Executor::builder()
+        .processes(1)
+        .registry(tasks())
+        .initializer_named("init_fail", ())
+        .build()
+        .unwrap();
+    let r = ex
+        .submit_named::<u64, u64>("square", 2)
+        .unwrap()
+        .result_timeout(LONG);
+    match r {
+        Err(Error::BrokenPool { reason }) => {
+            assert!(reason.contains("initializer says no"), "{reason}")
+        }
+        other => panic!("expected BrokenPool, got {other:?}"),
+    }
+    // Later work is refused at once.
+    let mut later = None;
+    for _ in 0..1000 {
+        match ex.submit_named::<u64, u64>("square", 2) {
+            Err(e) => {
+                later = Some(e);
+                break;
+            }
+            Ok(f) => assert!(matches!(
+                f.result_timeout(LONG),
+                Err(Error::BrokenPool { .. })
+            )),
+        }
+    }
+    assert!(matches!(later, Some(Error::BrokenPool { .. })), "{later:?}");
+}
+
+fn working_initializer_runs_first() {
+    let ex = Executor::builder()
+        .processes(1)
+        .registry(tasks())
+        .initializer_named("init_ok", ())
+        .build()
+        .unwrap();
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 2)
+            .unwrap()
+            .result_timeout(LONG)
+            .unwrap(),
+        4
+    );
+}
+
+fn missing_worker_program_is_spawn_error() {
+    let r = Executor::builder()
+        .processes(1)
+        .registry(tasks())
+        .worker_program("/nonexistent/twinpool-worker")
+        .build();
+    assert!(matches!(r, Err(Error::Spawn { .. })), "{r:?}");
+}
+
+fn worker_that_never_connects_is_spawn_error() {
+    let r = Executor::builder()
+        .processes(1)
+        .registry(tasks())
+        .worker_program("/bin/sleep")
+        .connect_timeout(Duration::from_millis(300))
+        .build();
+    match r {
+        Err(Error::Spawn { reason }) => assert!(reason.contains("serve_if_worker"), "{reason}"),
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+}
+
+fn worker_missing_a_task_is_spawn_error() {
+    let extra = tasks().register("only_in_parent", |x: u8| x);
+    let r = Executor::processes(1, extra);
+    match r {
+        Err(Error::Spawn { reason }) => assert!(reason.contains("only_in_parent"), "{reason}"),
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+}
+
+fn shutdown_refuses_and_callbacks_run() {
+    let ex = pool(1);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let f = ex.submit_named::<u64, u64>("square", 3).unwrap();
+    let h = hits.clone();
+    f.add_done_callback(move |r| {
+        assert_eq!(r, &Ok(9));
+        h.fetch_add(1, Ordering::SeqCst);
+    });
+    ex.shutdown(true, false);
+    assert_eq!(f.result().unwrap(), 9);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 3).err(),
+        Some(Error::Shutdown)
+    );
+}
+
+fn registry_on_the_thread_back_end() {
+    let ex = Executor::builder()
+        .threads(2)
+        .registry(tasks())
+        .build()
+        .unwrap();
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 9)
+            .unwrap()
+            .result()
+            .unwrap(),
+        81
+    );
+    // Thread back end: the task runs in this process.
+    assert_eq!(
+        ex.submit_named::<(), u32>("pid", ())
+            .unwrap()
+            .result()
+            .unwrap(),
+        std::process::id()
+    );
+    let r = ex.submit_named::<i32, u64>("square", 3).unwrap().result();
+    assert!(matches!(r, Err(Error::Decode { .. })), "{r:?}");
+    let v: Vec<u64> = ex
+        .map_named::<u64, u64, _>("square", 1..4)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(v, [1, 4, 9]);
+}
+
+/// Children of this process that are still running or zombies.
+fn children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let Some(after) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = after.1.split_whitespace().collect();
+        if fields.get(1) == Some(&me.as_str()) {
+            out.push(stat);
+        }
+    }
+    out
+}
+
+fn no_child_process_left_after_shutdown() {
+    let ex = pool(2);
+    ex.submit_named::<u64, u64>("square", 1)
+        .unwrap()
+        .result()
+        .unwrap();
+    assert!(!children().is_empty());
+    drop(ex);
+    let left = children();
+    assert!(left.is_empty(), "children left after shutdown: {left:?}");
+}
+
+fn main() {
+    serve_if_worker(&tasks());
+    let tests: &[(&str, fn())] = &[
+        ("named_submit_and_result", named_submit_and_result),
+        (
+            "workers_are_other_processes_and_reused",
+            workers_are_other_processes_and_reused,
+        ),
+        ("named_map_in_order", named_map_in_order),
+        ("chunked_map_in_order", chunked_map_in_order),
+        ("chunked_map_stops_at_panic", chunked_map_stops_at_panic),
+        ("buffered_map_infinite_input", buffered_map_infinite_input),
+        (
+            "panic_is_reported_and_worker_keeps_serving",
+            panic_is_reported_and_worker_keeps_serving,
+        ),
+        (
+            "wrong_types_are_decode_errors",
+            wrong_types_are_decode_errors,
+        ),
+        (
+            "unknown_name_and_closures_are_refused",
+            unknown_name_and_closures_are_refused,
+        ),
+        ("large_arguments_and_results", large_arguments_and_results),
+        (
+            "noisy_task_does_not_disturb_the_pool",
+            noisy_task_does_not_disturb_the_pool,
+        ),
+        (
+            "queued_tasks_can_be_cancelled",
+            queued_tasks_can_be_cancelled,
+        ),
+        ("as_completed_and_timeouts", as_completed_and_timeouts),
+        (
+            "worker_exit_is_worker_died_and_pool_survives",
+            worker_exit_is_worker_died_and_pool_survives,
+        ),
+        (
+            "failing_initializer_breaks_the_pool",
+            failing_initializer_breaks_the_pool,
+        ),
+        (
+            "working_initializer_runs_first",
+            working_initializer_runs_first,
+        ),
+        (
+            "missing_worker_program_is_spawn_error",
+            missing_worker_program_is_spawn_error,
+        ),
+        (
+            "worker_that_never_connects_is_spawn_error",
+            worker_that_never_connects_is_spawn_error,
+        ),
+        (
+            "worker_missing_a_task_is_spawn_error",
+            worker_missing_a_task_is_spawn_error,
+        ),
+        (
+            "shutdown_refuses_and_callbacks_run",
+            shutdown_refuses_and_callbacks_run,
+        ),
+        (
+            "registry_on_the_thread_back_end",
+            registry_on_the_thread_back_end,
+        ),
+        // Last: it checks that every earlier pool reaped its workers.
+        (
+            "no_child_process_left_after_shutdown",
+            no_child_process_left_after_shutdown,
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        match std::panic::catch_unwind(test) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!();
+    println!(
+        "test result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
