@@ -39,6 +39,25 @@ pub enum Error {
         status: String,
     },
 
+    /// The task ran past its time limit (`Builder::task_timeout` or
+    /// `Executor::submit_named_timeout`); its worker process was killed and
+    /// replaced. Distinct from [`Error::Timeout`], which a caller's own wait
+    /// gets while the task goes on.
+    #[error("the task ran past its time limit of {limit:?}, so its worker process was killed and replaced")]
+    TaskTimedOut {
+        /// The limit it ran past.
+        limit: std::time::Duration,
+    },
+
+    /// The task was stopped by [`Future::kill`](crate::Future::kill) or
+    /// [`Executor::kill_workers`](crate::Executor::kill_workers) /
+    /// [`terminate_workers`](crate::Executor::terminate_workers).
+    #[error("the task was stopped on request ({how})")]
+    Killed {
+        /// What stopped it.
+        how: String,
+    },
+
     /// The pool can no longer run tasks.
     #[error("the pool is broken and can run no more tasks: {reason}; build a new executor")]
     BrokenPool {

@@ -196,8 +196,41 @@ impl Executor {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
+        self.submit_named_limited(name, arg, None)
+    }
+
+    /// [`submit_named`](Self::submit_named) with a time limit for this task
+    /// (overriding [`Builder::task_timeout`]): a process task that runs
+    /// longer has its worker killed and replaced, and ends in
+    /// [`Error::TaskTimedOut`]. A thread cannot be stopped from outside, so a
+    /// thread pool returns [`Error::Unsupported`]; wait with
+    /// [`Future::result_timeout`] there instead.
+    pub fn submit_named_timeout<A, R>(
+        &self,
+        name: &str,
+        arg: A,
+        limit: std::time::Duration,
+    ) -> Result<Future<R>, Error>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.submit_named_limited(name, arg, Some(limit))
+    }
+
+    fn submit_named_limited<A, R>(
+        &self,
+        name: &str,
+        arg: A,
+        limit: Option<std::time::Duration>,
+    ) -> Result<Future<R>, Error>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
         let entry = self.registry()?.get(name)?;
         match &self.inner.backend {
+            Backend::Threads(_) if limit.is_some() => Err(unstoppable_threads()),
             Backend::Threads(_) => {
                 let work: Work<R> = match entry.direct::<A, R>() {
                     Some(f) => Box::new(move || Ok(f(arg))),
@@ -209,7 +242,33 @@ impl Executor {
                 self.submit_work(Some(entry.name.clone()), work)
             }
             #[cfg(feature = "process")]
-            Backend::Processes(pool) => pool.submit(entry, &arg),
+            Backend::Processes(pool) => pool.submit(entry, &arg, limit),
+        }
+    }
+
+    /// Stops every worker process at once with SIGTERM, as Python 3.14's
+    /// `ProcessPoolExecutor.terminate_workers`: the pool shuts down, queued
+    /// tasks are cancelled and running ones end in [`Error::Killed`].
+    /// Returns when the workers are gone. A thread pool returns
+    /// [`Error::Unsupported`].
+    pub fn terminate_workers(&self) -> Result<(), Error> {
+        self.signal_workers(15)
+    }
+
+    /// [`terminate_workers`](Self::terminate_workers) with SIGKILL, as
+    /// Python 3.14's `kill_workers`.
+    pub fn kill_workers(&self) -> Result<(), Error> {
+        self.signal_workers(9)
+    }
+
+    fn signal_workers(&self, _signal: i32) -> Result<(), Error> {
+        match &self.inner.backend {
+            Backend::Threads(_) => Err(unstoppable_threads()),
+            #[cfg(feature = "process")]
+            Backend::Processes(pool) => {
+                pool.signal_workers(_signal);
+                Ok(())
+            }
         }
     }
 
@@ -347,6 +406,15 @@ impl Executor {
     }
 }
 
+fn unstoppable_threads() -> Error {
+    Error::Unsupported {
+        reason: "a thread cannot be stopped from outside, so thread pools have no task time \
+                 limits and no terminate_workers/kill_workers; use a process pool for work \
+                 that must be stoppable"
+            .into(),
+    }
+}
+
 /// Calls `f` on each item in order, stopping at the first panic.
 fn run_chunk<Item, T>(items: Vec<Item>, f: &(impl Fn(Item) -> T + ?Sized)) -> Chunk<T> {
     let mut out = Vec::with_capacity(items.len());
@@ -476,6 +544,25 @@ impl Builder {
             crate::codec::encode(&arg, || format!("the argument of initializer {name:?}"));
         self.initializer_arg = Some(payload);
         self.process.initializer = Some((name.to_string(), Vec::new()));
+        self
+    }
+
+    /// For a process pool: the default time limit of every task. A task
+    /// that runs longer has its worker killed and replaced, and ends in
+    /// [`Error::TaskTimedOut`]. See [`Executor::submit_named_timeout`] for a
+    /// limit per call. Default: none.
+    #[cfg(feature = "process")]
+    pub fn task_timeout(mut self, limit: std::time::Duration) -> Builder {
+        self.process.task_timeout = Some(limit);
+        self
+    }
+
+    /// For a process pool: replace each worker process after it has run `n`
+    /// tasks (a chunk of a map counts as one), as Python's
+    /// `max_tasks_per_child`; a cure for leaks in foreign code.
+    #[cfg(feature = "process")]
+    pub fn max_tasks_per_child(mut self, n: usize) -> Builder {
+        self.process.max_tasks_per_child = Some(n);
         self
     }
 

@@ -52,10 +52,15 @@ struct Inner<T> {
     sleepers: u32,
 }
 
+/// Asks a process pool to stop the running task with this id.
+pub(crate) type Stopper = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// The state one task shares between its `Future` and whoever runs it.
 pub(crate) struct Shared<T> {
     tag: TaskTag,
     pool: u64,
+    /// For process tasks: how to stop it once it runs.
+    stopper: Option<Stopper>,
     inner: Mutex<Inner<T>>,
     cond: Condvar,
 }
@@ -83,12 +88,23 @@ impl<T> State<T> {
 impl<T: Send + 'static> Shared<T> {
     /// A new pending task of `pool`, with its work for thread pools.
     pub(crate) fn new(pool: u64, name: Option<Arc<str>>, work: Option<Work<T>>) -> Arc<Self> {
+        Self::with_stopper(pool, name, work, None)
+    }
+
+    /// A new pending task that `stopper` can stop while it runs.
+    pub(crate) fn with_stopper(
+        pool: u64,
+        name: Option<Arc<str>>,
+        work: Option<Work<T>>,
+        stopper: Option<Stopper>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             tag: TaskTag {
                 id: NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
                 name,
             },
             pool,
+            stopper,
             inner: Mutex::new(Inner {
                 state: State::Pending(work),
                 callbacks: Vec::new(),
@@ -435,6 +451,32 @@ impl<T: Send + 'static> Future<T> {
     /// finished.
     pub fn cancel(&self) -> bool {
         self.shared.cancel_with(Error::Cancelled)
+    }
+
+    /// Stops the task, even one already running in a worker process.
+    ///
+    /// A task that has not started is cancelled, as by [`cancel`](Self::cancel).
+    /// A process task that runs has its worker process killed (the pool
+    /// starts a replacement and re-sends the other tasks that worker held);
+    /// its future ends in [`Error::Killed`] shortly after this returns. A
+    /// process task that was handed to a worker but had not started there
+    /// ends in `Killed` at once; the worker may still run it, and its result
+    /// is dropped.
+    ///
+    /// Returns true if the task was cancelled or is being stopped; false if
+    /// it had finished, or if it runs on a thread, which cannot be stopped
+    /// from outside.
+    pub fn kill(&self) -> bool {
+        if self.cancel() {
+            return true;
+        }
+        match (&self.shared.stopper, self.running()) {
+            (Some(stop), true) => {
+                stop(self.shared.tag.id);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// True if the task was cancelled.

@@ -165,7 +165,9 @@ fn wait_slots<T: Send + 'static>(
     }
     let key = NEXT_WATCH_KEY.fetch_add(1, Ordering::Relaxed);
     let rx = watch_all(slots, key);
-    let all = return_when != ReturnWhen::FirstCompleted;
+    // FirstException can end as soon as any target fails, so like
+    // FirstCompleted it is doomed only when every target is.
+    let all = return_when == ReturnWhen::AllCompleted;
     let outcome = loop {
         if met() {
             break Ok(());

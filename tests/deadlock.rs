@@ -732,8 +732,6 @@ fn all_completed_wait_is_refused_when_any_target_is_in_the_cycle() {
 }
 
 #[test]
-#[ignore = "library bug: src/wait.rs:168 treats a FirstException wait as needing every \
-            target, so it is refused as a deadlock although a failing target would end it"]
 fn first_exception_wait_is_not_refused_while_another_target_can_fail() {
     // b waits with FirstException for {a, c}; a waits for b (b runs inline in
     // a's wait). The wait is not doomed: if c fails, FirstException returns

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use twinpool::{as_completed, serve_if_worker, Error, Executor, MapOptions, Registry};
 
-const LONG: Duration = Duration::from_secs(60);
+mod proc_common;
+use common::{children, flag_file, LONG};
+use proc_common as common;
 
 fn tasks() -> Registry {
     Registry::new()
@@ -33,9 +35,7 @@ fn tasks() -> Registry {
         // Blocks until the file named by its argument exists: the test
         // controls when it finishes without timing.
         .register("wait_for_file", |path: String| {
-            while !std::path::Path::new(&path).exists() {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            common::wait_for_file(&path);
             std::process::id()
         })
         .register("exit", |code: i32| -> u64 { std::process::exit(code) })
@@ -242,12 +242,6 @@ fn noisy_task_does_not_disturb_the_pool() {
     );
 }
 
-fn flag_file(tag: &str) -> String {
-    let p = std::env::temp_dir().join(format!("twinpool-test-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_file(&p);
-    p.to_string_lossy().into_owned()
-}
-
 fn queued_tasks_can_be_cancelled() {
     let ex = pool(1);
     let flag = flag_file("cancel");
@@ -445,24 +439,6 @@ fn registry_on_the_thread_back_end() {
     assert_eq!(v, [1, 4, 9]);
 }
 
-/// Children of this process that are still running or zombies.
-fn children() -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid ...
-        let Some(after) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = after.1.split_whitespace().collect();
-        if fields.get(1) == Some(&me.as_str()) {
-            out.push(stat);
-        }
-    }
-    out
-}
-
 fn no_child_process_left_after_shutdown() {
     let ex = pool(2);
     ex.submit_named::<u64, u64>("square", 1)
@@ -547,32 +523,5 @@ fn main() {
             no_child_process_left_after_shutdown,
         ),
     ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let (mut passed, mut failed) = (0, 0);
-    for (name, test) in tests {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        match std::panic::catch_unwind(test) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!();
-    println!(
-        "test result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    common::run(tests);
 }

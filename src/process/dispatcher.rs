@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender};
 
 use super::spawn::{self, describe_status, Spawned};
@@ -38,6 +38,8 @@ const MAX_WINDOW: usize = 512;
 /// A frame is sent once it reaches this size, so one huge batch does not
 /// wait for the rest.
 const FRAME_BYTES: usize = 1 << 20;
+/// How often the dispatcher checks processes and time limits while tasks run.
+const TICK: Duration = Duration::from_millis(50);
 /// Consecutive failed starts of replacement workers before the pool breaks.
 const MAX_START_FAILURES: u32 = 3;
 
@@ -61,6 +63,12 @@ pub(crate) enum Msg {
     Shutdown {
         cancel: bool,
     },
+    /// Stop the task with this id (`Future::kill`).
+    Kill {
+        task: u64,
+    },
+    /// Send this signal to every worker (`terminate_workers`, `kill_workers`).
+    Signal(i32),
 }
 
 /// A task waiting to be sent or waiting for its answer.
@@ -68,6 +76,8 @@ pub(crate) struct Queued {
     id: u64,
     name: Arc<str>,
     payload: Payload,
+    /// The task's time limit, if any.
+    limit: Option<Duration>,
     job: Arc<dyn RemoteJob>,
     /// Claimed (marked running) already: sent to a worker that died before
     /// starting it.
@@ -79,22 +89,36 @@ enum Payload {
     Chunk(Vec<Vec<u8>>),
 }
 
-static NEXT_REQUEST_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 impl Queued {
-    pub(crate) fn one(name: Arc<str>, payload: Vec<u8>, job: Arc<dyn RemoteJob>) -> Queued {
-        Queued::new(name, Payload::One(payload), job)
+    pub(crate) fn one(
+        name: Arc<str>,
+        payload: Vec<u8>,
+        limit: Option<Duration>,
+        job: Arc<dyn RemoteJob>,
+    ) -> Queued {
+        Queued::new(name, Payload::One(payload), limit, job)
     }
 
-    pub(crate) fn chunk(name: Arc<str>, items: Vec<Vec<u8>>, job: Arc<dyn RemoteJob>) -> Queued {
-        Queued::new(name, Payload::Chunk(items), job)
+    pub(crate) fn chunk(
+        name: Arc<str>,
+        items: Vec<Vec<u8>>,
+        limit: Option<Duration>,
+        job: Arc<dyn RemoteJob>,
+    ) -> Queued {
+        Queued::new(name, Payload::Chunk(items), limit, job)
     }
 
-    fn new(name: Arc<str>, payload: Payload, job: Arc<dyn RemoteJob>) -> Queued {
+    fn new(
+        name: Arc<str>,
+        payload: Payload,
+        limit: Option<Duration>,
+        job: Arc<dyn RemoteJob>,
+    ) -> Queued {
         Queued {
-            id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            id: job.id(),
             name,
             payload,
+            limit,
             job,
             claimed: false,
         }
@@ -108,9 +132,49 @@ impl Queued {
     }
 }
 
-type InFlight = Arc<Mutex<VecDeque<Queued>>>;
+/// The tasks sent to one worker and not yet answered, oldest (the one
+/// running) first.
+#[derive(Default)]
+struct SlotQueue {
+    tasks: VecDeque<Queued>,
+    /// When the oldest task started: when its predecessor's answer came, or
+    /// when it was sent to an idle worker.
+    head_started: Option<Instant>,
+}
 
-fn lock(q: &InFlight) -> MutexGuard<'_, VecDeque<Queued>> {
+impl SlotQueue {
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    fn push(&mut self, q: Queued) {
+        if self.tasks.is_empty() {
+            self.head_started = Some(Instant::now());
+        }
+        self.tasks.push_back(q);
+    }
+
+    /// Takes the task with `id` (normally the oldest); the next one starts.
+    fn take(&mut self, id: u64) -> Option<Queued> {
+        let i = self.tasks.iter().position(|q| q.id == id)?;
+        if i == 0 {
+            self.head_started = Some(Instant::now());
+        }
+        self.tasks.remove(i)
+    }
+
+    fn drain(&mut self) -> VecDeque<Queued> {
+        std::mem::take(&mut self.tasks)
+    }
+}
+
+type InFlight = Arc<Mutex<SlotQueue>>;
+
+fn lock(q: &InFlight) -> MutexGuard<'_, SlotQueue> {
     q.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -125,6 +189,10 @@ struct Slot {
     /// the first answer).
     avg_micros: Arc<AtomicU32>,
     reader: Option<JoinHandle<()>>,
+    /// Tasks sent to it, for `max_tasks_per_child`.
+    sent: usize,
+    /// Why the pool killed it: the error its running task gets.
+    doom: Option<Error>,
 }
 
 impl Slot {
@@ -277,15 +345,33 @@ impl Dispatcher {
             in_flight,
             avg_micros,
             reader,
+            sent: 0,
+            doom: None,
         });
     }
 
     fn run(&mut self) {
-        while let Ok(msg) = self.rx.recv() {
-            self.handle(msg);
+        loop {
+            // While tasks run, wake up now and then to watch the processes
+            // themselves and the tasks' time limits: a dead worker's channel
+            // does not always say so.
+            let msg = if self.all_idle() {
+                self.rx.recv().ok()
+            } else {
+                match self.rx.recv_timeout(TICK) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            if let Some(msg) = msg {
+                self.handle(msg);
+            }
             while let Ok(msg) = self.rx.try_recv() {
                 self.handle(msg);
             }
+            self.watch();
+            self.retire_worn_out();
             self.dispatch();
             if self.closing && self.queue.is_empty() && self.all_idle() {
                 break;
@@ -320,7 +406,11 @@ impl Dispatcher {
                 slot,
                 generation,
                 bad_frame,
-            } => self.worker_died(slot, generation, bad_frame),
+            } => {
+                if self.slot(slot, generation).is_some() {
+                    self.worker_died(slot, bad_frame, true);
+                }
+            }
             Msg::InitFailed {
                 slot,
                 generation,
@@ -333,8 +423,102 @@ impl Dispatcher {
                     "the initializer failed in worker process {}: {message}",
                     s.pid
                 );
-                let in_flight: Vec<Queued> = lock(&s.in_flight).drain(..).collect();
+                let in_flight: Vec<Queued> = lock(&s.in_flight).drain().into();
                 self.break_pool(reason, in_flight);
+            }
+            Msg::Kill { task } => self.kill_task(task),
+            Msg::Signal(signal) => {
+                let how = match signal {
+                    libc::SIGKILL => "Executor::kill_workers",
+                    _ => "Executor::terminate_workers",
+                };
+                for i in 0..self.slots.len() {
+                    if let Some(s) = self.slots[i].as_mut() {
+                        s.doom = Some(Error::Killed { how: how.into() });
+                        // SAFETY: kill(2) on our own child's pid, which
+                        // stays ours until it is reaped below.
+                        unsafe { libc::kill(s.pid as libc::pid_t, signal) };
+                        self.worker_died(i, None, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Future::kill`: a running task costs its worker; one sent but not
+    /// started ends at once (the worker may still run it; its answer is
+    /// dropped).
+    fn kill_task(&mut self, task: u64) {
+        for i in 0..self.slots.len() {
+            let Some(s) = self.slots[i].as_mut() else {
+                continue;
+            };
+            let in_flight = lock(&s.in_flight);
+            let Some(pos) = in_flight.tasks.iter().position(|q| q.id == task) else {
+                continue;
+            };
+            let killed = Error::Killed {
+                how: format!("Future::kill; worker process {} was killed", s.pid),
+            };
+            if pos > 0 {
+                let not_started = Error::Killed {
+                    how: "Future::kill, before it started".into(),
+                };
+                if let Some(q) = in_flight.tasks.get(pos) {
+                    q.job.fail(not_started);
+                }
+                return;
+            }
+            drop(in_flight);
+            s.doom = Some(killed);
+            let _ = s.child.kill();
+            self.worker_died(i, None, false);
+            return;
+        }
+    }
+
+    /// Kills the workers whose running task is past its time limit, and
+    /// notices workers that died without their channel saying so.
+    fn watch(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some(s) = self.slots[i].as_mut() else {
+                continue;
+            };
+            let over = {
+                let in_flight = lock(&s.in_flight);
+                match (in_flight.tasks.front(), in_flight.head_started) {
+                    (Some(q), Some(started)) => q.limit.filter(|l| started.elapsed() > *l),
+                    _ => None,
+                }
+            };
+            if let Some(limit) = over {
+                s.doom = Some(Error::TaskTimedOut { limit });
+                let _ = s.child.kill();
+                self.worker_died(i, None, false);
+            } else if matches!(s.child.try_wait(), Ok(Some(_))) {
+                self.worker_died(i, None, false);
+            }
+        }
+    }
+
+    /// With `max_tasks_per_child`: replaces each worker that has run its
+    /// share, once its last task is answered.
+    fn retire_worn_out(&mut self) {
+        let Some(max) = self.opts.max_tasks_per_child else {
+            return;
+        };
+        for i in 0..self.slots.len() {
+            let worn_out = self.slots[i]
+                .as_ref()
+                .is_some_and(|s| s.sent >= max && lock(&s.in_flight).is_empty());
+            if !worn_out {
+                continue;
+            }
+            if let Some(mut s) = self.slots[i].take() {
+                stop_worker(&mut s);
+            }
+            if self.broken.is_none() && !(self.closing && self.queue.is_empty()) {
+                self.replace(i);
             }
         }
     }
@@ -365,13 +549,14 @@ impl Dispatcher {
         if self.broken.is_some() || self.queue.is_empty() {
             return;
         }
-        let slots: Vec<&Slot> = self.slots.iter().flatten().collect();
+        let max_tasks = self.opts.max_tasks_per_child.unwrap_or(usize::MAX);
+        let mut slots: Vec<&mut Slot> = self.slots.iter_mut().flatten().collect();
         let mut busy: Vec<usize> = slots.iter().map(|s| lock(&s.in_flight).len()).collect();
         let windows: Vec<usize> = slots.iter().map(|s| s.window()).collect();
         let mut frames: Vec<Writer> = slots.iter().map(|_| Writer::default()).collect();
         while !self.queue.is_empty() {
             let best = (0..slots.len())
-                .filter(|&i| busy[i] < windows[i])
+                .filter(|&i| busy[i] < windows[i] && slots[i].sent < max_tasks)
                 .min_by_key(|&i| busy[i]);
             let Some(i) = best else {
                 break;
@@ -384,7 +569,8 @@ impl Dispatcher {
             }
             q.claimed = true;
             q.write(&mut frames[i]);
-            lock(&slots[i].in_flight).push_back(q);
+            lock(&slots[i].in_flight).push(q);
+            slots[i].sent += 1;
             busy[i] += 1;
             if frames[i].len() >= FRAME_BYTES {
                 send(slots[i], &mut frames[i]);
@@ -395,13 +581,11 @@ impl Dispatcher {
         }
     }
 
-    /// A worker's channel closed: reap it, fail its running task, re-queue
-    /// the rest, replace it.
-    fn worker_died(&mut self, slot: usize, generation: u64, bad_frame: Option<String>) {
-        if self.slot(slot, generation).is_none() {
-            return;
-        }
-        let Some(mut s) = self.slots[slot].take() else {
+    /// A worker died (or was killed): reap it, fail its running task,
+    /// re-queue the rest, replace it. `from_reader` when its reader thread
+    /// reported it (and so has ended).
+    fn worker_died(&mut self, slot: usize, bad_frame: Option<String>, from_reader: bool) {
+        let Some(mut s) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
         if bad_frame.is_some() {
@@ -412,17 +596,23 @@ impl Dispatcher {
             Some(why) => format!("it sent a {why} and was killed"),
             None => status,
         };
-        if let Some(reader) = s.reader.take() {
+        // A reader that did not report the death may still be blocked on a
+        // channel some other process holds open: leave it to end alone.
+        if let Some(reader) = s.reader.take().filter(|_| from_reader) {
             let _ = reader.join();
         }
-        let mut in_flight: VecDeque<Queued> = lock(&s.in_flight).drain(..).collect();
+        let mut in_flight = lock(&s.in_flight).drain();
         if let Some(running) = in_flight.pop_front() {
+            let err = s
+                .doom
+                .take()
+                .unwrap_or(Error::WorkerDied { pid: s.pid, status });
             log::warn!(
-                "twinpool: worker process {} {status} while running task {:?}",
+                "twinpool: worker process {} stopped while running task {:?}: {err}",
                 s.pid,
                 running.name
             );
-            running.job.fail(Error::WorkerDied { pid: s.pid, status });
+            running.job.fail(err);
         }
         // The tasks queued behind it never started: they go first to the
         // other workers.
@@ -445,7 +635,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 self.start_failures += 1;
-                log::error!("twinpool: could not replace a dead worker: {e}");
+                log::error!("twinpool: could not replace a worker: {e}");
                 let none_left = self.slots.iter().all(Option::is_none);
                 if self.start_failures >= MAX_START_FAILURES || none_left {
                     self.break_pool(format!("no worker could be started: {e}"), Vec::new());
@@ -457,24 +647,34 @@ impl Dispatcher {
     /// Tells every worker to exit, then reaps them (killing any that do not
     /// exit in time) and joins their readers.
     fn stop_workers(&mut self) {
-        let mut exit = Writer::default();
-        exit.request(&Request::Exit);
-        let exit = exit.take();
         for s in self.slots.iter().flatten() {
-            let _ = s.requests.send(&exit);
+            send_exit(s);
         }
         for mut s in self.slots.drain(..).flatten() {
-            reap(&mut s.child, Duration::from_secs(5));
-            if let Some(reader) = s.reader.take() {
-                let _ = reader.join();
-            }
-            for q in lock(&s.in_flight).drain(..) {
+            stop_worker(&mut s);
+            for q in lock(&s.in_flight).drain() {
                 q.job.fail(Error::WorkerDied {
                     pid: s.pid,
                     status: "was stopped at shutdown".into(),
                 });
             }
         }
+    }
+}
+
+fn send_exit(s: &Slot) {
+    let mut exit = Writer::default();
+    exit.request(&Request::Exit);
+    let _ = s.requests.send(&exit.take());
+}
+
+/// Asks a worker to exit, reaps it (killing it if it does not exit in
+/// time) and joins its reader.
+fn stop_worker(s: &mut Slot) {
+    send_exit(s);
+    reap(&mut s.child, Duration::from_secs(5));
+    if let Some(reader) = s.reader.take() {
+        let _ = reader.join();
     }
 }
 
@@ -554,16 +754,12 @@ impl ReaderThread {
                 } => (id, micros, outcomes),
             };
             self.record(micros);
-            let q = {
-                let mut in_flight = lock(&self.in_flight);
-                match in_flight.iter().position(|q| q.id == id) {
-                    Some(i) => in_flight.remove(i),
-                    None => None,
-                }
-            };
-            match q {
-                Some(q) => q.job.finish(outcomes),
-                None => return Err(format!("malformed frame: an answer to unknown task {id}")),
+            // The lock is released before `finish` runs the callbacks. No
+            // task: it was stopped by `Future::kill` before it started, and
+            // its answer is dropped.
+            let q = lock(&self.in_flight).take(id);
+            if let Some(q) = q {
+                q.job.finish(outcomes);
             }
         }
         Ok(())

@@ -22,7 +22,7 @@ use crossbeam_channel::Sender;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::future::Shared;
+use crate::future::{Shared, Stopper};
 use crate::map::Chunk;
 use crate::registry::Entry;
 use crate::{codec, Error, Future, Registry};
@@ -41,6 +41,10 @@ pub(crate) struct ProcessOptions {
     pub(crate) initializer: Option<(String, Vec<u8>)>,
     /// How long a new worker has to connect.
     pub(crate) connect_timeout: Duration,
+    /// The default time limit of a task.
+    pub(crate) task_timeout: Option<Duration>,
+    /// Replace a worker after it has run this many tasks.
+    pub(crate) max_tasks_per_child: Option<usize>,
 }
 
 impl Default for ProcessOptions {
@@ -49,6 +53,8 @@ impl Default for ProcessOptions {
             program: None,
             initializer: None,
             connect_timeout: Duration::from_secs(10),
+            task_timeout: None,
+            max_tasks_per_child: None,
         }
     }
 }
@@ -92,6 +98,9 @@ pub(crate) struct ProcessPool {
     id: u64,
     tx: Sender<Msg>,
     common: Arc<Common>,
+    task_timeout: Option<Duration>,
+    /// Asks the dispatcher to stop a running task (`Future::kill`).
+    stopper: Stopper,
 }
 
 impl ProcessPool {
@@ -111,8 +120,19 @@ impl ProcessPool {
             finished: Mutex::new(false),
             finished_cv: Condvar::new(),
         });
+        let task_timeout = opts.task_timeout;
         let tx = dispatcher::start(id, n, registry, opts, common.clone())?;
-        Ok(ProcessPool { id, tx, common })
+        let kill_tx = tx.clone();
+        let stopper: Stopper = Arc::new(move |task| {
+            let _ = kill_tx.send(Msg::Kill { task });
+        });
+        Ok(ProcessPool {
+            id,
+            tx,
+            common,
+            task_timeout,
+            stopper,
+        })
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -132,14 +152,29 @@ impl ProcessPool {
         self.tx.send(Msg::Task(q)).map_err(|_| Error::Shutdown)
     }
 
-    /// Queues task `entry` on `arg`. The argument is encoded here, so an
-    /// argument that cannot be encoded is an error of this call.
-    pub(crate) fn submit<A, R>(&self, entry: &Arc<Entry>, arg: &A) -> Result<Future<R>, Error>
+    fn new_shared<T: Send + 'static>(&self, entry: &Entry) -> Arc<Shared<T>> {
+        Shared::with_stopper(
+            self.id,
+            Some(entry.name.clone()),
+            None,
+            Some(self.stopper.clone()),
+        )
+    }
+
+    /// Queues task `entry` on `arg`, with a time limit (`None`: the pool's
+    /// default). The argument is encoded here, so an argument that cannot be
+    /// encoded is an error of this call.
+    pub(crate) fn submit<A, R>(
+        &self,
+        entry: &Arc<Entry>,
+        arg: &A,
+        limit: Option<Duration>,
+    ) -> Result<Future<R>, Error>
     where
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = Shared::new(self.id, Some(entry.name.clone()), None);
+        let shared = self.new_shared(entry);
         let future = Future::new(shared.clone());
         if !entry.matches::<A, R>() {
             shared.complete(Err(entry.type_mismatch::<A, R>()));
@@ -149,6 +184,7 @@ impl ProcessPool {
         self.send(Queued::one(
             entry.name.clone(),
             payload,
+            limit.or(self.task_timeout),
             Arc::new(OneJob(shared)),
         ))?;
         Ok(future)
@@ -164,7 +200,7 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = Shared::new(self.id, Some(entry.name.clone()), None);
+        let shared = self.new_shared(entry);
         let future = Future::new(shared.clone());
         if !entry.matches::<A, R>() {
             shared.complete(Err(entry.type_mismatch::<A, R>()));
@@ -177,9 +213,19 @@ impl ProcessPool {
         self.send(Queued::chunk(
             entry.name.clone(),
             payloads,
+            self.task_timeout,
             Arc::new(ChunkJob(shared)),
         ))?;
         Ok(future)
+    }
+
+    /// Stops every worker at once with `signal` (SIGTERM or SIGKILL), as
+    /// Python 3.14's `terminate_workers` and `kill_workers`: shuts down,
+    /// cancels queued tasks, and ends running ones in `Error::Killed`.
+    pub(crate) fn signal_workers(&self, signal: i32) {
+        self.shutdown(false, true);
+        let _ = self.tx.send(Msg::Signal(signal));
+        self.shutdown(true, false);
     }
 
     /// Stops taking work; cancels what is queued if `cancel_futures`; waits
@@ -227,6 +273,8 @@ fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: &A) -> Result<Vec<u8>,
 
 /// A queued process task with its result type erased.
 pub(crate) trait RemoteJob: Send + Sync {
+    /// The task's id (its future's).
+    fn id(&self) -> u64;
     /// Marks it running as it is sent; false if it was cancelled.
     fn claim(&self) -> bool;
     /// Cancels it if it has not been sent.
@@ -261,6 +309,9 @@ fn fail<T: Send + 'static>(shared: &Shared<T>, err: Error) {
 }
 
 impl<R: DeserializeOwned + Send + 'static> RemoteJob for OneJob<R> {
+    fn id(&self) -> u64 {
+        self.0.id()
+    }
     fn claim(&self) -> bool {
         self.0.claim_remote()
     }
@@ -284,6 +335,9 @@ impl<R: DeserializeOwned + Send + 'static> RemoteJob for OneJob<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> RemoteJob for ChunkJob<R> {
+    fn id(&self) -> u64 {
+        self.0.id()
+    }
     fn claim(&self) -> bool {
         self.0.claim_remote()
     }
