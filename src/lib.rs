@@ -58,3 +58,17 @@ pub use wait::{as_completed, try_wait, wait, AsCompleted, ReturnWhen, Waited};
 
 #[cfg(feature = "process")]
 pub use process::serve_if_worker;
+
+/// Decodes `bytes` as request frames and as reply frames, discarding the
+/// result: the entry point of the fuzz target in `fuzz/`. Not part of the
+/// API.
+#[cfg(feature = "process")]
+#[doc(hidden)]
+pub fn __fuzz_decode_frames(bytes: &[u8]) {
+    process::wire::decode_all(bytes);
+}
+
+// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -376,6 +376,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads every record of `frame` both as requests and as replies, to the
+/// first error. For the fuzz target and the tests: it must never panic.
+pub(crate) fn decode_all(frame: &[u8]) {
+    let mut rd = Reader::new(frame);
+    while let Ok(Some(_)) = rd.request() {}
+    let mut rd = Reader::new(frame);
+    while let Ok(Some(_)) = rd.reply() {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,23 +459,39 @@ mod tests {
         assert_eq!(got, replies());
     }
 
-    /// Every truncation of a valid frame is an error or a shorter list,
-    /// never a panic.
+    /// Every truncation of a valid frame inside a record is an error, and
+    /// one at a record boundary gives exactly the records before it.
     #[test]
     fn truncated_frames_are_errors() {
         let mut w = Writer::default();
+        let mut bounds = vec![0];
         for r in requests() {
             w.request(&r);
+            bounds.push(w.len());
         }
+        let frame = w.take();
+        for cut in 0..=frame.len() {
+            let mut rd = Reader::new(&frame[..cut]);
+            let mut n = 0;
+            let ended = loop {
+                match rd.request() {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => break Ok(n),
+                    Err(e) => break Err(e),
+                }
+            };
+            match bounds.iter().position(|&b| b == cut) {
+                Some(records) => assert_eq!(ended, Ok(records), "cut at {cut}"),
+                None => assert!(ended.is_err(), "cut at {cut} read {ended:?}"),
+            }
+        }
+
         for r in replies() {
             w.reply(&r);
         }
         let frame = w.take();
         for cut in 0..frame.len() {
-            let mut rd = Reader::new(&frame[..cut]);
-            while let Ok(Some(_)) = rd.request() {}
-            let mut rd = Reader::new(&frame[..cut]);
-            while let Ok(Some(_)) = rd.reply() {}
+            decode_all(&frame[..cut]);
         }
     }
 
@@ -494,10 +519,7 @@ mod tests {
                     (x % 8) as u8
                 })
                 .collect();
-            let mut rd = Reader::new(&frame);
-            while let Ok(Some(_)) = rd.request() {}
-            let mut rd = Reader::new(&frame);
-            while let Ok(Some(_)) = rd.reply() {}
+            decode_all(&frame);
         }
     }
 }
