@@ -14,6 +14,8 @@ use proc_common as common;
 
 /// Set in the child program of `parent_death_ends_workers`.
 const PARENT_MODE: &str = "TWINPOOL_TEST_PARENT_DIR";
+/// Set in a worker program whose main forgets `serve_if_worker`.
+const FORGETFUL_MODE: &str = "TWINPOOL_TEST_FORGETFUL";
 
 fn tasks() -> Registry {
     Registry::new()
@@ -354,7 +356,54 @@ fn resources_come_back_after_many_tasks_and_deaths() {
     eventually("file descriptors to come back", || open_fds() <= fds_before);
 }
 
+fn worker_that_forgets_serve_if_worker_is_a_spawn_error() {
+    // Its main builds a pool of its own instead of serving: that pool must
+    // refuse to start (else workers would start workers without end), and
+    // this pool must report the worker that exited without connecting.
+    let exe = std::env::current_exe().unwrap();
+    let wrapper = flag_file("forgetful.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport {FORGETFUL_MODE}=1\nexec '{}'\n",
+            exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let r = Executor::builder()
+        .processes(1)
+        .registry(tasks())
+        .worker_program(&wrapper)
+        .build();
+    match r {
+        Err(Error::Spawn { reason }) => {
+            assert!(reason.contains("exited with code 3"), "{reason}");
+            assert!(reason.contains("serve_if_worker"), "{reason}");
+        }
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+    assert!(children().is_empty(), "children left: {:?}", children());
+    let _ = std::fs::remove_file(&wrapper);
+}
+
 fn main() {
+    if std::env::var_os(FORGETFUL_MODE).is_some() {
+        // No serve_if_worker here, on purpose.
+        match Executor::processes(1, tasks()) {
+            Err(Error::Spawn { reason }) if reason.contains("serve_if_worker") => {
+                std::process::exit(3)
+            }
+            other => {
+                eprintln!("a forgetful worker built a pool: {other:?}");
+                std::process::exit(4)
+            }
+        }
+    }
     if let Ok(dir) = std::env::var(PARENT_MODE) {
         // A worker started by the child program must not act as a parent.
         serve_if_worker(&tasks());
@@ -403,6 +452,10 @@ fn main() {
             failing_initializer_breaks_the_pool_once,
         ),
         ("parent_death_ends_workers", parent_death_ends_workers),
+        (
+            "worker_that_forgets_serve_if_worker_is_a_spawn_error",
+            worker_that_forgets_serve_if_worker_is_a_spawn_error,
+        ),
         (
             "resources_come_back_after_many_tasks_and_deaths",
             resources_come_back_after_many_tasks_and_deaths,

@@ -112,6 +112,16 @@ impl ProcessPool {
         registry: Registry,
         opts: ProcessOptions,
     ) -> Result<ProcessPool, Error> {
+        if std::env::var_os(worker::SERVER_ENV).is_some() {
+            // Started as a worker, but `main` did not call `serve_if_worker`
+            // first: starting workers here would recurse without end.
+            return Err(Error::Spawn {
+                reason: "this process was started as a pool's worker, but its main built a \
+                         process pool without calling twinpool::serve_if_worker first; call it \
+                         first thing in main"
+                    .into(),
+            });
+        }
         if let Some((name, _)) = &opts.initializer {
             registry.get(name)?;
         }
