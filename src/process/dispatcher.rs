@@ -689,10 +689,16 @@ fn send(slot: &Slot, frame: &mut Writer) {
 /// Waits up to `grace` for `child` to exit, then kills it; always reaps it.
 fn reap(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + grace;
+    // A worker told to exit is usually gone within microseconds: poll
+    // often at first, then back off.
+    let mut pause = Duration::from_micros(20);
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
             _ => {
                 let _ = child.kill();
                 return child.wait().ok();
