@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{block_worker, thread_name, Gate, LONG, SHORT};
+use common::{block_worker, Gate, LONG, SHORT};
 use twinpool::{Error, Executor, MapOptions};
 
 fn panicked(message: &str) -> Error {
@@ -24,10 +24,12 @@ fn opts() -> MapOptions {
     MapOptions::default()
 }
 
-/// An iterator over `0..` that counts how many items were pulled from it.
+/// A long input that counts how many items were pulled from it. (Finite,
+/// so that a map that ignores `buffersize` fails an assertion instead of
+/// pulling forever.)
 fn counted(pulls: &Arc<AtomicUsize>) -> impl Iterator<Item = u64> + Send + 'static {
     let pulls = pulls.clone();
-    (0u64..).inspect(move |_| {
+    (0u64..100_000).inspect(move |_| {
         pulls.fetch_add(1, Ordering::SeqCst);
     })
 }
@@ -251,29 +253,38 @@ fn chunksize_keeps_input_order() {
 
 #[test]
 fn chunksize_runs_a_chunk_as_one_task() {
+    // Item 0 blocks its chunk [0..5]; the other chunk [5..10] runs on the
+    // second worker meanwhile. Items 1..5 must wait for item 0, as they are
+    // in its task; as separate tasks they would run on the second worker.
     let ex = Executor::threads(2);
-    let got: Vec<(i32, String)> = ex
+    let gate = Gate::new();
+    let w = gate.waiter();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let r = ran.clone();
+    let m = ex
         .map_with(
-            |x: i32| (x, thread_name()),
+            move |x: i32| {
+                if x == 0 {
+                    w.wait();
+                }
+                r.lock().unwrap().push(x);
+                x
+            },
             0..10,
             MapOptions {
                 chunksize: 5,
                 ..opts()
             },
         )
-        .unwrap()
-        .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(
-        got.iter().map(|(x, _)| *x).collect::<Vec<_>>(),
-        (0..10).collect::<Vec<_>>()
-    );
-    for chunk in got.chunks(5) {
-        assert!(
-            chunk.iter().all(|(_, t)| *t == chunk[0].1),
-            "one chunk ran on several threads: {chunk:?}"
-        );
-    }
+    common::eventually("the second chunk ran", || ran.lock().unwrap().len() >= 5);
+    // Makes it likely that a wrongly separate item 1 would have run by now.
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(*ran.lock().unwrap(), [5, 6, 7, 8, 9]);
+    gate.open();
+    let got: Vec<i32> = m.collect::<Result<_, _>>().unwrap();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert_eq!(*ran.lock().unwrap(), [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]);
 }
 
 #[test]
@@ -411,7 +422,7 @@ fn buffersize_does_not_submit_past_a_full_buffer() {
                 r.fetch_add(1, Ordering::SeqCst);
                 x
             },
-            0u64..,
+            0u64..10_000,
             MapOptions {
                 buffersize: Some(2),
                 ..opts()
@@ -518,7 +529,7 @@ fn dropping_a_lazy_map_cancels_what_it_submitted() {
             move |_: u64| {
                 r.fetch_add(1, Ordering::SeqCst);
             },
-            0u64..,
+            0u64..1_000,
             MapOptions {
                 buffersize: Some(3),
                 ..opts()
