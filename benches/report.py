@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""Runs issue 5's benchmarks and writes benches/RESULTS.md and benches/chart.svg.
+
+    python3 benches/report.py            # everything (a few minutes on 2 cores)
+    python3 benches/report.py --no-run   # only rebuild the report from the
+                                         # last criterion results and
+                                         # benches/python_peer.jsonl
+    python3 benches/report.py --no-readme  # leave README.md alone
+
+It runs `cargo bench --bench thread_pool --bench process_pool` (criterion;
+estimates read from target/criterion/<group>/<bench>/new/), then
+benches/python_peer.py (its JSON lines are kept in benches/python_peer.jsonl),
+and writes a table of ratios twinpool / peer with the absolute numbers. If
+README.md holds the markers <!-- bench:start --> and <!-- bench:end -->, the
+text between them is replaced by a summary. Standard library only.
+"""
+
+import datetime
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHES = Path(__file__).resolve().parent
+ROOT = BENCHES.parent
+PEER_JSONL = BENCHES / "python_peer.jsonl"
+COMMAND = "python3 benches/report.py"
+
+# Per group: the unit its table uses, and what one criterion iteration holds
+# is read from the throughput criterion recorded.
+GROUPS = {
+    "q1_thread_submit_result": "1. Thread back end, submit all then result all (2 workers, trivial task)",
+    "q1_thread_one_at_a_time": "1b. Thread back end, one submit + result at a time (2 workers)",
+    "q2_process_pipelined": "2. Process back end, pipelined trivial named tasks (1 worker)",
+    "q3_process_round_trip": "3. Process round trip, one task at a time (1 worker)",
+    "q4_chunked_map": "4. Chunked map of 1M items, chunksize 1000 (2 workers)",
+    "q5_transfer_64mib": "5. 64 MiB Vec<u8> to a worker, its length back",
+    "q6_pool_start": "6. Pool start: 2 workers, 2 tasks, shutdown (fresh process)",
+    "q6_pool_start_256mib_heap": "6b. The same while the parent holds 256 MiB of touched heap",
+}
+
+# (group, twinpool bench, peers it is compared with)
+COMPARISONS = [
+    ("q1_thread_submit_result", "twinpool", ["raw_crossbeam", "threadpool", "rayon_spawn", "python_ThreadPoolExecutor"]),
+    ("q1_thread_one_at_a_time", "twinpool", ["raw_crossbeam", "threadpool", "rayon_spawn", "python_ThreadPoolExecutor"]),
+    ("q2_process_pipelined", "twinpool", ["raw_ipc_channel", "procspawn", "python_ProcessPoolExecutor"]),
+    ("q3_process_round_trip", "twinpool", ["raw_ipc_channel", "raw_pipe", "procspawn", "python_ProcessPoolExecutor"]),
+    ("q4_chunked_map", "twinpool_processes", ["procspawn_chunks", "python_ProcessPoolExecutor"]),
+    ("q4_chunked_map", "twinpool_threads", ["rayon_par_iter", "python_ThreadPoolExecutor"]),
+    ("q5_transfer_64mib", "twinpool", ["memcpy", "raw_ipc_channel", "procspawn", "python_ProcessPoolExecutor"]),
+    ("q6_pool_start", "twinpool", ["raw_spawn_pipe", "raw_spawn_pipe_fork", "procspawn", "python_ProcessPoolExecutor_fork"]),
+    ("q6_pool_start_256mib_heap", "twinpool", ["raw_spawn_pipe", "raw_spawn_pipe_fork", "procspawn"]),
+]
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout.strip()
+
+
+def target_dir():
+    meta = json.loads(sh("cargo", "metadata", "--format-version", "1", "--no-deps", cwd=ROOT))
+    return Path(meta["target_directory"])
+
+
+def loadavg():
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return ["?"] * 3
+
+
+def run_benches(criterion_dir):
+    # Stale results of a removed benchmark must not reach the table.
+    for group in GROUPS:
+        d = criterion_dir / group
+        if d.exists():
+            for p in sorted(d.rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+            d.rmdir()
+    subprocess.run(
+        ["cargo", "bench", "--bench", "thread_pool", "--bench", "process_pool"],
+        cwd=ROOT,
+        check=True,
+    )
+    out = subprocess.run(
+        [sys.executable, str(BENCHES / "python_peer.py")],
+        cwd=ROOT,
+        check=True,
+        text=True,
+        stdout=subprocess.PIPE,
+    ).stdout
+    PEER_JSONL.write_text(out)
+
+
+class Result:
+    """One measured benchmark, with its time per unit of work in ns."""
+
+    def __init__(self, group, name, ns_per_iter, lo, hi, elements=None, nbytes=None, source="criterion", note=""):
+        self.group, self.name = group, name
+        self.ns_per_iter, self.lo, self.hi = ns_per_iter, lo, hi
+        self.elements, self.nbytes = elements, nbytes
+        self.source, self.note = source, note
+
+    def cost(self):
+        """What ratios are taken of: ns per element, or ns per iteration."""
+        return self.ns_per_iter / self.elements if self.elements else self.ns_per_iter
+
+    def shown(self):
+        """(value, unit) in the group's unit."""
+        if self.nbytes:
+            return self.nbytes / (self.ns_per_iter / 1e9) / (1 << 20), "MiB/s"
+        if self.elements:
+            return self.ns_per_iter / self.elements, "ns/item" if self.group == "q4_chunked_map" else "ns/task"
+        return self.ns_per_iter / 1e6, "ms"
+
+    def per_run(self):
+        """The absolute time of one run, with what it held."""
+        ms = self.ns_per_iter / 1e6
+        if self.nbytes:
+            return f"{fmt(ms)} ms per 64 MiB"
+        if self.elements:
+            what = "items" if self.group == "q4_chunked_map" else "tasks"
+            return f"{fmt(ms)} ms per {self.elements:,} {what}"
+        return f"{fmt(ms)} ms per run"
+
+
+def fmt(x):
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def read_criterion(criterion_dir):
+    out = {}
+    for group in GROUPS:
+        gdir = criterion_dir / group
+        if not gdir.is_dir():
+            continue
+        for bdir in sorted(gdir.iterdir()):
+            est, bench = bdir / "new" / "estimates.json", bdir / "new" / "benchmark.json"
+            if not est.exists() or not bench.exists():
+                continue
+            e, b = json.loads(est.read_text()), json.loads(bench.read_text())
+            mean = e["mean"]
+            tp = b.get("throughput") or {}
+            out[(group, b["function_id"])] = Result(
+                group,
+                b["function_id"],
+                mean["point_estimate"],
+                mean["confidence_interval"]["lower_bound"],
+                mean["confidence_interval"]["upper_bound"],
+                elements=tp.get("Elements"),
+                nbytes=tp.get("Bytes") or tp.get("BytesDecimal"),
+            )
+    return out
+
+
+def read_python():
+    out, meta = {}, {}
+    if not PEER_JSONL.exists():
+        return out, meta
+    for line in PEER_JSONL.read_text().splitlines():
+        rec = json.loads(line)
+        if "group" not in rec:
+            meta = rec
+            continue
+        runs, n, unit = rec["runs"], rec["n"], rec["unit"]
+        if unit in ("ns/task", "ns/item"):
+            ns = [r * n for r in runs]
+            res = dict(elements=n)
+        elif unit == "MiB/s":
+            ns = [n / (1 << 20) / r * 1e9 for r in runs]
+            res = dict(nbytes=n)
+        else:  # ms per run
+            ns = [r * 1e6 for r in runs]
+            res = {}
+        out[(rec["group"], rec["peer"])] = Result(
+            rec["group"],
+            rec["peer"],
+            sum(ns) / len(ns),
+            min(ns),
+            max(ns),
+            source=f"Python, mean of {len(runs)} run(s)",
+            **res,
+        )
+    return out, meta
+
+
+def machine():
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    try:
+        commit = sh("git", "rev-parse", "--short", "HEAD", cwd=ROOT)
+    except (subprocess.CalledProcessError, OSError):
+        commit = "?"
+    return {
+        "nproc": sh("nproc"),
+        "cpu": cpu,
+        "rustc": sh("rustc", "--version"),
+        "commit": commit,
+        "kernel": sh("uname", "-r"),
+    }
+
+
+def targets(res):
+    """(description, measured text, met?) for each of issue 5's targets."""
+
+    def get(g, n):
+        return res.get((g, n))
+
+    rows = []
+
+    def ratio_row(desc, g, a, b, limit, faster=False):
+        ra, rb = get(g, a), get(g, b)
+        if not ra or not rb:
+            rows.append((desc, "not measured", None))
+            return
+        r = ra.cost() / rb.cost()
+        if faster:  # b / a must be at least `limit`
+            x = 1 / r
+            rows.append((desc, f"{fmt(x)}x faster ({fmt(ra.cost())} vs {fmt(rb.cost())} {ra.shown()[1]})", x >= limit))
+        else:
+            rows.append((desc, f"{fmt(r)}x ({fmt(ra.cost())} vs {fmt(rb.cost())} {ra.shown()[1]})", r <= limit))
+
+    ratio_row("Thread submit+result at most 1.5x the raw crossbeam limit", "q1_thread_submit_result", "twinpool", "raw_crossbeam", 1.5)
+    ratio_row("Thread submit+result at least 20x faster than ThreadPoolExecutor", "q1_thread_submit_result", "twinpool", "python_ThreadPoolExecutor", 20, faster=True)
+    ratio_row("Process pipelined at most 2x raw ipc-channel pipelined", "q2_process_pipelined", "twinpool", "raw_ipc_channel", 2)
+    ratio_row("Process round trip at most 1.3x raw ipc-channel ping-pong", "q3_process_round_trip", "twinpool", "raw_ipc_channel", 1.3)
+    ratio_row("Chunked process map at least 5x faster than ProcessPoolExecutor.map(chunksize=1000)", "q4_chunked_map", "twinpool_processes", "python_ProcessPoolExecutor", 5, faster=True)
+    t = get("q5_transfer_64mib", "twinpool")
+    if t:
+        v = t.shown()[0]
+        rows.append(("64 MiB Vec<u8> to a worker at least 1000 MiB/s", f"{fmt(v)} MiB/s", v >= 1000))
+    else:
+        rows.append(("64 MiB Vec<u8> to a worker at least 1000 MiB/s", "not measured", None))
+    t = get("q6_pool_start", "twinpool")
+    if t:
+        v = t.shown()[0]
+        rows.append(("Pool start, 2 workers + 2 tasks + shutdown, under 5 ms", f"{fmt(v)} ms", v < 5))
+    else:
+        rows.append(("Pool start, 2 workers + 2 tasks + shutdown, under 5 ms", "not measured", None))
+    return rows
+
+
+def verdict(ok):
+    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def ratio_rows(res):
+    """(group, twinpool Result, peer Result, ratio) for each comparison."""
+    out = []
+    for group, tp, peers in COMPARISONS:
+        t = res.get((group, tp))
+        if not t:
+            continue
+        for p in peers:
+            r = res.get((group, p))
+            if r:
+                out.append((group, t, r, t.cost() / r.cost()))
+    return out
+
+
+def table_md(res):
+    lines = []
+    for group, title in GROUPS.items():
+        rows = [r for (g, _), r in res.items() if g == group]
+        if not rows:
+            continue
+        tps = [r for r in rows if r.name.startswith("twinpool")]
+        lines += [f"### {title}", ""]
+        lines += ["| bench | measured | per run | 95% CI / range of the mean's unit | twinpool ÷ this |", "|---|---|---|---|---|"]
+        # twinpool first, then peers in comparison order
+        order = []
+        for g, tp, peers in COMPARISONS:
+            if g == group:
+                order += [tp] + [p for p in peers if p not in order]
+        order += sorted(r.name for r in rows if r.name not in order)
+        seen = set()
+        for name in order:
+            r = res.get((group, name))
+            if not r or name in seen:
+                continue
+            seen.add(name)
+            v, unit = r.shown()
+            lo = Result(group, name, r.lo, 0, 0, r.elements, r.nbytes).shown()[0]
+            hi = Result(group, name, r.hi, 0, 0, r.elements, r.nbytes).shown()[0]
+            lo, hi = min(lo, hi), max(lo, hi)
+            if r.name.startswith("twinpool"):
+                rel = "—"
+            else:
+                mine = [tp for g, tp, peers in COMPARISONS if g == group and name in peers]
+                rels = []
+                for tname in mine:
+                    t = res.get((group, tname))
+                    if t:
+                        rels.append(f"{fmt(t.cost() / r.cost())}x" + (f" ({tname})" if len(tps) > 1 else ""))
+                rel = ", ".join(rels) or "—"
+            src = "" if r.source == "criterion" else f" ({r.source})"
+            lines.append(f"| {name}{src} | **{fmt(v)} {unit}** | {r.per_run()} | {fmt(lo)} – {fmt(hi)} | {rel} |")
+        lines.append("")
+    return lines
+
+
+def chart_svg(rows):
+    """A horizontal bar chart of twinpool ÷ peer on a log scale (1 = parity)."""
+    import math
+
+    bar_h, gap, left, width, top = 18, 6, 430, 420, 40
+    lo_e, hi_e = -3, 3  # 10^-3 .. 10^3
+    for _, _, _, r in rows:
+        e = math.log10(r)
+        lo_e, hi_e = min(lo_e, math.floor(e)), max(hi_e, math.ceil(e))
+    h = top + len(rows) * (bar_h + gap) + 50
+    total_w = left + width + 90
+
+    def x(v):
+        return left + (math.log10(v) - lo_e) / (hi_e - lo_e) * width
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{h}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{total_w}" height="{h}" fill="white"/>',
+        f'<text x="10" y="20" font-size="14" font-weight="bold">twinpool time ÷ peer time (log scale; left of 1 = twinpool faster)</text>',
+    ]
+    for e in range(lo_e, hi_e + 1):
+        xx = x(10**e)
+        out.append(f'<line x1="{xx:.1f}" y1="{top - 5}" x2="{xx:.1f}" y2="{h - 40}" stroke="{"#333" if e == 0 else "#ddd"}"/>')
+        out.append(f'<text x="{xx:.1f}" y="{h - 25}" text-anchor="middle">{10.0**e:g}</text>')
+    for i, (group, t, p, r) in enumerate(rows):
+        y = top + i * (bar_h + gap)
+        x0, x1 = x(1), x(r)
+        color = "#2a9d4b" if r <= 1 else "#d1495b"
+        label = f"{group.split('_', 1)[0]} {t.name} vs {p.name}"
+        out.append(f'<text x="{left - 6}" y="{y + bar_h - 5}" text-anchor="end">{html.escape(label)}</text>')
+        out.append(f'<rect x="{min(x0, x1):.1f}" y="{y}" width="{max(abs(x1 - x0), 1):.1f}" height="{bar_h}" fill="{color}"/>')
+        tx = max(x0, x1) + 4
+        out.append(f'<text x="{tx:.1f}" y="{y + bar_h - 5}">{fmt(r)}x</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    no_run = "--no-run" in sys.argv[1:]
+    criterion_dir = target_dir() / "criterion"
+    load_before = loadavg()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    if not no_run:
+        run_benches(criterion_dir)
+    load_after = loadavg()
+    res = read_criterion(criterion_dir)
+    py, py_meta = read_python()
+    res.update(py)
+    m = machine()
+    rows = ratio_rows(res)
+    tg = targets(res)
+
+    md = [
+        "# twinpool benchmarks (issue 5)",
+        "",
+        f"Reproduce: `{COMMAND}` (from the repository root; about 5 minutes on 2 cores).",
+        "",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {m['commit']} (working tree as run)",
+        f"- Machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
+        f"- Rust: {m['rustc']}; criterion 0.5, 10 samples per bench (flat sampling), mean shown",
+        f"- Python: {py_meta.get('python', '?')} (multiprocessing start method: {py_meta.get('start_method', '?')})",
+        f"- Load average before / after the run: {' '.join(load_before)} / {' '.join(load_after)}"
+        " (the machine is shared; numbers vary by some 10-30% run to run)",
+        "",
+        "Ratios are **twinpool's time ÷ the peer's time** for the same work"
+        " (below 1: twinpool is faster; for MiB/s rows, the inverse of the throughput ratio).",
+        "Per-task numbers come from runs of many tasks (the count is in *per run*);"
+        " the Python peer and procspawn run fewer tasks per run where the full count"
+        " would take them minutes, which does not change a per-task cost.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    md += [f"| {d} | {v} | {verdict(ok)} |" for d, v, ok in tg]
+    md += ["", "![twinpool ÷ peer](chart.svg)", "", "## All numbers", ""]
+    md += table_md(res)
+    md += [
+        "## What each peer is",
+        "",
+        "- `raw_crossbeam`: 2 threads pulling boxed closures from one crossbeam channel, results back over a second: the floor for a thread pool.",
+        "- `threadpool`, `rayon_spawn`: `threadpool::ThreadPool::execute` / `rayon::ThreadPool::spawn` on 2 threads, results over a crossbeam channel.",
+        "- `raw_ipc_channel`: this bench executable re-run as a child that answers each ipc-channel byte message (a task per message); pipelined = one thread sends all while another receives.",
+        "- `raw_pipe`: the same child over its stdin/stdout pipes, 8 bytes each way.",
+        "- `procspawn`: `procspawn::Pool` (1.0); pipelined with at most 64 handles in flight, chunks as one spawn per 1000 items.",
+        "- `raw_spawn_pipe`: start 2 raw pipe children (std `Command`, posix_spawn), one round trip each, close and reap; `raw_spawn_pipe_fork` adds a `pre_exec` hook (as twinpool does), which makes std `fork`.",
+        "- `memcpy`: `copy_from_slice` of 64 MiB into a preallocated buffer.",
+        "- Python: `benches/python_peer.py`, ThreadPoolExecutor / ProcessPoolExecutor with the same trivial task.",
+        "",
+    ]
+    (BENCHES / "RESULTS.md").write_text("\n".join(md))
+    (BENCHES / "chart.svg").write_text(chart_svg(rows))
+
+    readme = ROOT / "README.md"
+    if readme.exists() and "--no-readme" not in sys.argv[1:]:
+        text = readme.read_text()
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        if start in text and end in text:
+            summary = [
+                "",
+                f"Measured {started:%Y-%m-%d} on {m['nproc']} CPUs ({m['cpu']}), {m['rustc']};"
+                f" reproduce with `{COMMAND}`. Details: [benches/RESULTS.md](benches/RESULTS.md).",
+                "",
+                "| target | measured | verdict |",
+                "|---|---|---|",
+            ]
+            summary += [f"| {d} | {v} | {verdict(ok)} |" for d, v, ok in tg]
+            summary += ["", "![twinpool ÷ peer](benches/chart.svg)", ""]
+            pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+            text = pattern.sub(lambda _: start + "\n".join(summary) + end, text, count=1)
+            readme.write_text(text)
+            print("updated README.md between the bench markers", file=sys.stderr)
+    print(f"wrote {BENCHES / 'RESULTS.md'} and {BENCHES / 'chart.svg'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
