@@ -14,7 +14,9 @@
 //!
 //! Completion runs the done-callbacks first, on the completing thread, then
 //! publishes the result and wakes waiters: when `result()` returns, every
-//! callback added before completion has run.
+//! callback added before completion has run. Cancellation is the exception,
+//! as in Python: it wakes waiters first, then runs the callbacks on the
+//! cancelling thread. No lock is held while a callback runs.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +41,9 @@ enum State<T> {
     Running,
     Cancelled,
     Finished(Result<T, Error>),
+    /// Finished, with the result lent out to a done-callback added after the
+    /// end, which runs outside the lock (`failed`: the result is an `Err`).
+    Lent { failed: bool },
     /// The result was moved out by `result()` or `.await`.
     Taken,
 }
@@ -81,7 +86,10 @@ pub(crate) trait Job: Send + Sync {
 
 impl<T> State<T> {
     fn is_done(&self) -> bool {
-        matches!(self, State::Cancelled | State::Finished(_) | State::Taken)
+        matches!(
+            self,
+            State::Cancelled | State::Finished(_) | State::Lent { .. } | State::Taken
+        )
     }
 }
 
@@ -299,7 +307,10 @@ impl<T: Send + 'static> Shared<T> {
 
     /// True if the task finished with an error (not counting cancellation).
     pub(crate) fn failed(&self) -> bool {
-        matches!(self.lock().state, State::Finished(Err(_)))
+        matches!(
+            self.lock().state,
+            State::Finished(Err(_)) | State::Lent { failed: true }
+        )
     }
 
     /// Calls `w` when the task ends. Returns false, without keeping `w`, if
@@ -498,10 +509,12 @@ impl<T: Send + 'static> Future<T> {
     /// Calls `f` with the result once the task ends.
     ///
     /// If the task is still pending or running, `f` runs on the thread that
-    /// completes it (a pool thread, a dispatcher thread, or the thread that
-    /// cancels it), before `result()` returns to anyone. If the task has
-    /// already ended, `f` runs at once on the caller's thread; keep it short,
-    /// as other calls on this future wait for it. A panicking callback is
+    /// completes it (a pool thread or a process pool's reader thread), before
+    /// `result()` returns to anyone, or on the thread that cancels it. If the
+    /// task has already ended, `f` runs at once on the caller's thread (or,
+    /// if another callback added after the end is running at that moment, on
+    /// that callback's thread, right after it). No lock is held while a
+    /// callback runs, so it may use this same future. A panicking callback is
     /// caught and logged; the other callbacks still run.
     pub fn add_done_callback<F>(&self, f: F)
     where
@@ -514,7 +527,26 @@ impl<T: Send + 'static> Future<T> {
                 drop(g);
                 run_callback(Box::new(f), &Err(Error::Cancelled));
             }
-            State::Finished(r) => run_callback(Box::new(f), r),
+            State::Finished(r) => {
+                let failed = r.is_err();
+                let State::Finished(r) =
+                    std::mem::replace(&mut g.state, State::Lent { failed })
+                else {
+                    return;
+                };
+                drop(g);
+                run_callback(Box::new(f), &r);
+                // Callbacks added while the result was lent run here too.
+                let mut g = self.shared.lock();
+                while !g.callbacks.is_empty() {
+                    let callbacks = std::mem::take(&mut g.callbacks);
+                    drop(g);
+                    run_callbacks(callbacks, &r);
+                    g = self.shared.lock();
+                }
+                g.state = State::Finished(r);
+            }
+            State::Lent { .. } => g.callbacks.push(Box::new(f)),
             State::Taken => {
                 drop(g);
                 run_callback(

@@ -402,3 +402,26 @@ fn panicking_callback_on_finished_future_is_caught() {
     assert!(f.done());
     assert_eq!(f.result(), Ok(1));
 }
+
+#[test]
+fn callback_on_a_finished_future_may_use_that_future() {
+    // No lock is held while the callback runs: touching the same future from
+    // inside it must not hang.
+    let fut = Arc::new(finished(5_u32));
+    let (tx, rx) = mpsc::channel();
+    let inner = fut.clone();
+    let seen = common::within(LONG, move || {
+        fut.add_done_callback(move |r| {
+            let again = inner.clone();
+            // A callback added from inside a callback runs too.
+            inner.add_done_callback(move |r2| {
+                tx.send((*r2.as_ref().unwrap(), again.done())).unwrap();
+            });
+            assert_eq!(r, &Ok(5));
+            assert!(inner.done());
+            assert!(!inner.cancel());
+        });
+        rx.recv_timeout(LONG).unwrap()
+    });
+    assert_eq!(seen, (5, true));
+}
