@@ -150,17 +150,17 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_work(None, Box::new(move || Ok(f())))
+        self.submit_work(None, move || Ok(f()))
     }
 
-    fn submit_work<T: Send + 'static>(
-        &self,
-        name: Option<Arc<str>>,
-        work: Work<T>,
-    ) -> Result<Future<T>, Error> {
+    fn submit_work<T, F>(&self, name: Option<Arc<str>>, work: F) -> Result<Future<T>, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, Error> + Send + 'static,
+    {
         match &self.inner.backend {
             Backend::Threads(pool) => {
-                let shared = Shared::new(pool.id(), name, Some(work));
+                let shared = Shared::new(pool.id(), name, work);
                 pool.submit(shared.clone())?;
                 Ok(Future::new(shared))
             }
@@ -325,7 +325,7 @@ impl Executor {
         let ex = self.clone();
         Box::new(move |items: Vec<Item>| {
             let f = f.clone();
-            ex.submit_work(None, Box::new(move || Ok(run_chunk(items, &*f))))
+            ex.submit_work(None, move || Ok(run_chunk(items, &*f)))
         })
     }
 
@@ -380,7 +380,7 @@ impl Executor {
                     let ex = self.clone();
                     Ok(Box::new(move |_items| {
                         let err = err.clone();
-                        ex.submit_work(None, Box::new(move || Err(err)))
+                        ex.submit_work(None, move || Err(err))
                     }))
                 }
             },

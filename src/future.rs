@@ -18,8 +18,9 @@
 //! as in Python: it wakes waiters first, then runs the callbacks on the
 //! cancelling thread. No lock is held while a callback runs.
 
+use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use crate::deadlock::{self, TaskTag};
 use crate::Error;
 
-/// The work of a thread-pool task.
+/// The work of a thread-pool task, when it has to be boxed.
 pub(crate) type Work<T> = Box<dyn FnOnce() -> Result<T, Error> + Send>;
 type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
 /// Told when a future ends; used by `wait` and `as_completed`.
@@ -35,15 +36,21 @@ pub(crate) type Watcher = Arc<dyn Fn() + Send + Sync>;
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How long a waiter spins (steps 0 to 6, doubling) and then yields (the
+/// rest) before it sleeps on the condvar.
+const SPIN_STEPS: u32 = 11;
+
 enum State<T> {
-    /// Not started. `Some(work)` for thread tasks, `None` for process tasks.
-    Pending(Option<Work<T>>),
+    /// Not started.
+    Pending,
     Running,
     Cancelled,
     Finished(Result<T, Error>),
     /// Finished, with the result lent out to a done-callback added after the
     /// end, which runs outside the lock (`failed`: the result is an `Err`).
-    Lent { failed: bool },
+    Lent {
+        failed: bool,
+    },
     /// The result was moved out by `result()` or `.await`.
     Taken,
 }
@@ -60,14 +67,82 @@ struct Inner<T> {
 /// Asks a process pool to stop the running task with this id.
 pub(crate) type Stopper = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// The state one task shares between its `Future` and whoever runs it.
-pub(crate) struct Shared<T> {
+/// The work of a task, kept in the same allocation as its state (one
+/// allocation per task, not two).
+///
+/// Access rule: the work is touched only by the thread that moves the task
+/// out of `Pending` (to run it, or to cancel it and drop it); the state lock
+/// makes that thread unique.
+pub(crate) trait WorkSlot<T>: Send + Sync {
+    /// True for thread tasks, false for process tasks (their work is in the
+    /// worker).
+    fn has_work(&self) -> bool;
+    /// Runs the work.
+    ///
+    /// # Safety
+    /// Only the thread that moved the task from `Pending` to `Running` may
+    /// call it, once.
+    unsafe fn run(&self) -> Option<Result<T, Error>>;
+    /// Drops the work without running it.
+    ///
+    /// # Safety
+    /// Only the thread that moved the task out of `Pending` may call it.
+    unsafe fn discard(&self);
+}
+
+/// A thread task's closure.
+pub(crate) struct Closure<F>(UnsafeCell<Option<F>>);
+
+// SAFETY: the closure is only touched by the one thread that moved the task
+// out of `Pending` (see `WorkSlot`), so sharing the slot only ever moves `F`
+// to that thread: `F: Send` is enough.
+unsafe impl<F: Send> Sync for Closure<F> {}
+
+impl<T, F> WorkSlot<T> for Closure<F>
+where
+    F: FnOnce() -> Result<T, Error> + Send,
+{
+    fn has_work(&self) -> bool {
+        true
+    }
+    unsafe fn run(&self) -> Option<Result<T, Error>> {
+        // SAFETY: the caller is the only thread touching the slot.
+        unsafe { (*self.0.get()).take() }.map(|f| f())
+    }
+    unsafe fn discard(&self) {
+        // SAFETY: the caller is the only thread touching the slot.
+        drop(unsafe { (*self.0.get()).take() });
+    }
+}
+
+/// A process task has no work here: its worker runs it.
+#[cfg_attr(not(feature = "process"), allow(dead_code))]
+pub(crate) struct Remote;
+
+impl<T> WorkSlot<T> for Remote {
+    fn has_work(&self) -> bool {
+        false
+    }
+    unsafe fn run(&self) -> Option<Result<T, Error>> {
+        None
+    }
+    unsafe fn discard(&self) {}
+}
+
+/// The state one task shares between its `Future` and whoever runs it, and
+/// the task's work itself (`W`: a [`Closure`] or [`Remote`], erased to
+/// `dyn WorkSlot<T>` once built).
+pub(crate) struct Shared<T, W: ?Sized = dyn WorkSlot<T>> {
     tag: TaskTag,
     pool: u64,
     /// For process tasks: how to stop it once it runs.
     stopper: Option<Stopper>,
     inner: Mutex<Inner<T>>,
     cond: Condvar,
+    /// Set (under the lock) when the task ends, so a waiter can spin on it
+    /// briefly before it sleeps, and `done()` need not lock.
+    ended: AtomicBool,
+    work: W,
 }
 
 /// A task in a thread pool's queue, with its result type erased.
@@ -94,19 +169,31 @@ impl<T> State<T> {
 }
 
 impl<T: Send + 'static> Shared<T> {
-    /// A new pending task of `pool`, with its work for thread pools.
-    pub(crate) fn new(pool: u64, name: Option<Arc<str>>, work: Option<Work<T>>) -> Arc<Self> {
-        Self::with_stopper(pool, name, work, None)
+    /// A new pending thread task of `pool` that runs `work`. The `Arc`
+    /// becomes both the future's `Arc<Shared<T>>` and the queue's
+    /// `Arc<dyn Job>`.
+    pub(crate) fn new<F>(pool: u64, name: Option<Arc<str>>, work: F) -> Arc<Shared<T, Closure<F>>>
+    where
+        F: FnOnce() -> Result<T, Error> + Send + 'static,
+    {
+        Arc::new(Shared::build(
+            pool,
+            name,
+            None,
+            Closure(UnsafeCell::new(Some(work))),
+        ))
     }
 
-    /// A new pending task that `stopper` can stop while it runs.
-    pub(crate) fn with_stopper(
-        pool: u64,
-        name: Option<Arc<str>>,
-        work: Option<Work<T>>,
-        stopper: Option<Stopper>,
-    ) -> Arc<Self> {
-        Arc::new(Shared {
+    /// A new pending process task that `stopper` can stop while it runs.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn remote(pool: u64, name: Option<Arc<str>>, stopper: Stopper) -> Arc<Self> {
+        Arc::new(Shared::build(pool, name, Some(stopper), Remote))
+    }
+}
+
+impl<T, W> Shared<T, W> {
+    fn build(pool: u64, name: Option<Arc<str>>, stopper: Option<Stopper>, work: W) -> Self {
+        Shared {
             tag: TaskTag {
                 id: NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
                 name,
@@ -114,16 +201,20 @@ impl<T: Send + 'static> Shared<T> {
             pool,
             stopper,
             inner: Mutex::new(Inner {
-                state: State::Pending(work),
+                state: State::Pending,
                 callbacks: Vec::new(),
                 watchers: Vec::new(),
                 waker: None,
                 sleepers: 0,
             }),
             cond: Condvar::new(),
-        })
+            ended: AtomicBool::new(false),
+            work,
+        }
     }
+}
 
+impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         // User code never runs under this lock except callbacks on a finished
         // future, which are caught; a poisoned lock still holds a valid state.
@@ -141,17 +232,18 @@ impl<T: Send + 'static> Shared<T> {
         self.tag.id
     }
 
-    /// Moves a pending task to running and hands back its work; `None` if it
-    /// was cancelled or already claimed.
-    fn claim(&self) -> Option<Work<T>> {
+    /// Moves a pending thread task to running: true if this thread now owns
+    /// its work; false if it was cancelled or claimed, or runs elsewhere.
+    fn claim(&self) -> bool {
+        if !self.work.has_work() {
+            return false;
+        }
         let mut g = self.lock();
-        match &mut g.state {
-            State::Pending(work @ Some(_)) => {
-                let work = work.take();
-                g.state = State::Running;
-                work
-            }
-            _ => None,
+        if matches!(g.state, State::Pending) {
+            g.state = State::Running;
+            true
+        } else {
+            false
         }
     }
 
@@ -160,25 +252,32 @@ impl<T: Send + 'static> Shared<T> {
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn claim_remote(&self) -> bool {
         let mut g = self.lock();
-        match g.state {
-            State::Pending(None) => {
-                g.state = State::Running;
-                true
-            }
-            _ => false,
+        if matches!(g.state, State::Pending) && !self.work.has_work() {
+            g.state = State::Running;
+            true
+        } else {
+            false
         }
     }
 
-    /// Runs claimed work here, catching a panic, and completes the future.
-    fn run_work(&self, work: Work<T>, finishing: &dyn Fn()) {
-        let outcome = deadlock::running(self.tag.clone(), || catch_unwind(AssertUnwindSafe(work)));
-        self.complete_then(
-            outcome.unwrap_or_else(|p| Err(Error::from_panic(p))),
-            finishing,
-        );
+    /// Runs the work this thread claimed, catching a panic, and completes
+    /// the future.
+    fn run_claimed(&self, finishing: &dyn Fn()) {
+        let outcome = deadlock::running(self.tag.clone(), || {
+            // SAFETY: the caller claimed the task, so this thread alone may
+            // touch its work, and it does so once.
+            catch_unwind(AssertUnwindSafe(|| unsafe { self.work.run() }))
+        });
+        let result = match outcome {
+            Ok(Some(r)) => r,
+            Ok(None) => Err(Error::Cancelled),
+            Err(p) => Err(Error::from_panic(p)),
+        };
+        self.complete_then(result, finishing);
     }
 
     /// Ends a running task with `result`: callbacks, then waiters.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn complete(&self, result: Result<T, Error>) {
         self.complete_then(result, &|| {});
     }
@@ -200,6 +299,7 @@ impl<T: Send + 'static> Shared<T> {
         }
         finishing();
         g.state = State::Finished(result);
+        self.ended.store(true, Ordering::Release);
         self.wake_all(g);
     }
 
@@ -223,12 +323,11 @@ impl<T: Send + 'static> Shared<T> {
     /// state). True if it was pending, or already cancelled.
     pub(crate) fn cancel_with(&self, err: Error) -> bool {
         let mut g = self.lock();
-        let was_cancelled = matches!(g.state, State::Cancelled);
-        let State::Pending(work) = &mut g.state else {
-            return was_cancelled;
-        };
-        let work = work.take();
+        if !matches!(g.state, State::Pending) {
+            return matches!(g.state, State::Cancelled);
+        }
         let callbacks = std::mem::take(&mut g.callbacks);
+        self.ended.store(true, Ordering::Release);
         g.state = if err == Error::Cancelled {
             State::Cancelled
         } else {
@@ -237,7 +336,8 @@ impl<T: Send + 'static> Shared<T> {
         self.wake_all(g);
         // The work may own anything, even the last handle of an executor:
         // drop it outside the lock.
-        drop(work);
+        // SAFETY: this thread moved the task out of `Pending`.
+        unsafe { self.work.discard() };
         run_callbacks(callbacks, &Err(err));
         true
     }
@@ -249,6 +349,9 @@ impl<T: Send + 'static> Shared<T> {
     fn wait_until(&self, deadline: Option<Instant>) -> Result<bool, Error> {
         // Held until this wait returns: the recorded "I wait for this task".
         let mut _edge = None;
+        if self.spin_until_ended() {
+            return Ok(true);
+        }
         let mut checked = deadline.is_some() || deadlock::current_pool().is_none();
         let mut g = self.lock();
         loop {
@@ -284,25 +387,44 @@ impl<T: Send + 'static> Shared<T> {
         }
     }
 
+    /// Spins, then yields, for a few microseconds in all, in case the task
+    /// is about to end: that answer is much cheaper than sleeping and being
+    /// woken. True if it ended.
+    fn spin_until_ended(&self) -> bool {
+        for step in 0..SPIN_STEPS {
+            if self.ended.load(Ordering::Acquire) {
+                return true;
+            }
+            if step < 7 {
+                for _ in 0..(1u32 << step) {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        self.ended.load(Ordering::Acquire)
+    }
+
     /// On a thread of this task's pool: if the task has not started, runs it
     /// here and returns true.
     pub(crate) fn try_help(&self) -> bool {
         if deadlock::current_pool() != Some(self.pool) {
             return false;
         }
-        let Some(work) = self.claim() else {
+        if !self.claim() {
             return false;
-        };
+        }
         // While it runs inline, the waiting task waits for it: record that so
         // a cycle through it is still seen.
         let edge = deadlock::begin_wait(&[self.tag.id], true);
-        self.run_work(work, &|| {});
+        self.run_claimed(&|| {});
         drop(edge);
         true
     }
 
     fn is_done(&self) -> bool {
-        self.lock().state.is_done()
+        self.ended.load(Ordering::Acquire)
     }
 
     /// True if the task finished with an error (not counting cancellation).
@@ -347,11 +469,12 @@ impl<T: Send + 'static> Shared<T> {
     }
 }
 
-impl<T: Send + 'static> Job for Shared<T> {
+impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Job for Shared<T, W> {
     fn run(&self, finishing: &dyn Fn()) {
-        match self.claim() {
-            Some(work) => self.run_work(work, finishing),
-            None => finishing(),
+        if self.claim() {
+            self.run_claimed(finishing);
+        } else {
+            finishing();
         }
     }
 
@@ -522,15 +645,14 @@ impl<T: Send + 'static> Future<T> {
     {
         let mut g = self.shared.lock();
         match &g.state {
-            State::Pending(_) | State::Running => g.callbacks.push(Box::new(f)),
+            State::Pending | State::Running => g.callbacks.push(Box::new(f)),
             State::Cancelled => {
                 drop(g);
                 run_callback(Box::new(f), &Err(Error::Cancelled));
             }
             State::Finished(r) => {
                 let failed = r.is_err();
-                let State::Finished(r) =
-                    std::mem::replace(&mut g.state, State::Lent { failed })
+                let State::Finished(r) = std::mem::replace(&mut g.state, State::Lent { failed })
                 else {
                     return;
                 };

@@ -163,12 +163,7 @@ impl ProcessPool {
     }
 
     fn new_shared<T: Send + 'static>(&self, entry: &Entry) -> Arc<Shared<T>> {
-        Shared::with_stopper(
-            self.id,
-            Some(entry.name.clone()),
-            None,
-            Some(self.stopper.clone()),
-        )
+        Shared::remote(self.id, Some(entry.name.clone()), self.stopper.clone())
     }
 
     /// Queues task `entry` on `arg`, with a time limit (`None`: the pool's

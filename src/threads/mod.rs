@@ -8,7 +8,7 @@
 //! is cancelled first) and exit.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -27,6 +27,9 @@ struct Common {
     /// Threads that finished a job and wait for the next (Python's idle
     /// semaphore): a submit that can take one starts no thread.
     idle: AtomicUsize,
+    /// Set once `max_workers` threads have started: from then on nobody
+    /// counts idle threads, which keeps a shared counter off the hot path.
+    full: AtomicBool,
     state: Mutex<State>,
     /// Signalled when a thread exits.
     exited: Condvar,
@@ -73,6 +76,7 @@ impl ThreadPool {
             rx,
             common: Arc::new(Common {
                 idle: AtomicUsize::new(0),
+                full: AtomicBool::new(false),
                 state: Mutex::new(State {
                     tx: Some(tx),
                     broken: None,
@@ -99,13 +103,15 @@ impl ThreadPool {
         if tx.send(job).is_err() {
             return Err(Error::Shutdown);
         }
-        let took_idle = self
-            .common
-            .idle
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok();
-        if !took_idle && st.started < self.max_workers {
-            self.start_thread(&mut st)?;
+        if st.started < self.max_workers {
+            let took_idle = self
+                .common
+                .idle
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+            if !took_idle {
+                self.start_thread(&mut st)?;
+            }
         }
         Ok(())
     }
@@ -126,6 +132,9 @@ impl ThreadPool {
             Ok(_) => {
                 st.started += 1;
                 st.alive += 1;
+                if st.started == self.max_workers {
+                    self.common.full.store(true, Ordering::Relaxed);
+                }
                 Ok(())
             }
             // The job is queued already; an existing thread will take it.
@@ -195,7 +204,9 @@ impl Worker {
                 // that gets the result and submits again must find this
                 // thread idle, not start another one.
                 let idle = || {
-                    self.common.idle.fetch_add(1, Ordering::AcqRel);
+                    if !self.common.full.load(Ordering::Relaxed) {
+                        self.common.idle.fetch_add(1, Ordering::AcqRel);
+                    }
                 };
                 for job in self.rx.iter() {
                     job.run(&idle);
