@@ -7,7 +7,7 @@
 //! forever, so it runs on a helper thread and the pool waits for it with a
 //! deadline, watching the child meanwhile.
 
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use super::wire::{Hello, PROTOCOL_VERSION};
-use super::worker::SERVER_ENV;
+use super::worker::{PARENT_ENV, SERVER_ENV};
 use crate::{Error, Registry};
 
 /// A started, connected worker.
@@ -52,17 +52,12 @@ pub(crate) fn start(program: &PathBuf) -> Result<Starting, Error> {
         reason: format!("could not open the channel for a new worker: {e}"),
     })?;
     let mut cmd = Command::new(program);
-    cmd.env(SERVER_ENV, &server_name).stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours. The
-    // worker is killed when the thread that started it (the pool's
-    // long-lived dispatcher thread) dies, so a killed parent leaves no
-    // worker behind.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    cmd.env(SERVER_ENV, &server_name)
+        .env(PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::null());
+    // No `pre_exec` hook here: it would make std fork the whole parent
+    // instead of using posix_spawn, several times slower for a large
+    // parent. The worker sets its own parent-death signal (see `worker`).
     let child = cmd.spawn().map_err(|e| Error::Spawn {
         reason: format!(
             "could not run the worker program {}: {e}; check that it exists and is executable \

@@ -14,6 +14,9 @@ use crate::{Error, Registry};
 /// name of the pool's one-shot server to connect to.
 pub(crate) const SERVER_ENV: &str = "TWINPOOL_WORKER_SERVER";
 
+/// The environment variable holding the pool's process id.
+pub(crate) const PARENT_ENV: &str = "TWINPOOL_WORKER_PARENT";
+
 /// Replies wait at most this long to be batched with later ones.
 const FLUSH_AFTER: Duration = Duration::from_micros(200);
 
@@ -43,6 +46,9 @@ pub fn serve_if_worker(registry: &Registry) {
     };
     // Processes this worker's tasks start are not workers.
     std::env::remove_var(SERVER_ENV);
+    let parent = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok());
+    std::env::remove_var(PARENT_ENV);
+    die_with_parent(parent);
     let code = match server.into_string() {
         Ok(server) => match serve(registry, server) {
             Ok(()) => 0,
@@ -54,6 +60,19 @@ pub fn serve_if_worker(registry: &Registry) {
         Err(_) => 1,
     };
     std::process::exit(code);
+}
+
+/// Asks the kernel to kill this worker when the pool's thread that started
+/// it ends, so a killed pool leaves no worker behind; exits at once if the
+/// pool is already gone.
+fn die_with_parent(parent: Option<i32>) {
+    // SAFETY: prctl and getppid touch no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if parent.is_some_and(|p| libc::getppid() != p) {
+            std::process::exit(1);
+        }
+    }
 }
 
 fn serve(registry: &Registry, server: String) -> Result<(), String> {
