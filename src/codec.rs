@@ -76,6 +76,36 @@ pub(crate) fn decode<T: DeserializeOwned + 'static>(
     }
 }
 
+/// Encodes a chunk of values as one sequence, with postcard alone (no
+/// `Vec<u8>` shortcut, so both sides read it the same way).
+pub(crate) fn encode_seq<T: Serialize>(
+    items: &[T],
+    what: impl FnOnce() -> String,
+) -> Result<Vec<u8>, Error> {
+    postcard::to_allocvec(items).map_err(|e| Error::Encode {
+        what: what(),
+        detail: e.to_string(),
+    })
+}
+
+/// Decodes a whole sequence written by [`encode_seq`].
+pub(crate) fn decode_seq<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<Vec<T>, Error> {
+    match postcard::take_from_bytes::<Vec<T>>(bytes) {
+        Ok((items, [])) => Ok(items),
+        Ok((_, rest)) => Err(Error::Decode {
+            what: what(),
+            detail: format!("{} bytes were left over after the items", rest.len()),
+        }),
+        Err(e) => Err(Error::Decode {
+            what: what(),
+            detail: format!("not a sequence of {}: {e}", std::any::type_name::<T>()),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

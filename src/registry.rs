@@ -22,6 +22,13 @@ use crate::Error;
 #[cfg(feature = "process")]
 pub(crate) type BytesFn = dyn Fn(&[u8]) -> Result<Vec<u8>, Error> + Send + Sync;
 
+/// Calls a registered function on each of an encoded sequence of arguments,
+/// stopping at the first panic: the encoded results of those that
+/// succeeded, and the failure. The caller catches nothing: panics are
+/// caught per item inside.
+#[cfg(feature = "process")]
+pub(crate) type ChunkFn = dyn Fn(&[u8]) -> (Vec<u8>, Option<Error>) + Send + Sync;
+
 /// One registered task.
 pub(crate) struct Entry {
     pub(crate) name: Arc<str>,
@@ -33,6 +40,8 @@ pub(crate) struct Entry {
     direct: Box<dyn Any + Send + Sync>,
     #[cfg(feature = "process")]
     pub(crate) call_bytes: Box<BytesFn>,
+    #[cfg(feature = "process")]
+    pub(crate) call_chunk: Box<ChunkFn>,
 }
 
 type DirectFn<A, R> = Arc<dyn Fn(A) -> R + Send + Sync>;
@@ -127,6 +136,12 @@ impl Registry {
                 crate::codec::encode(&f(arg), || format!("the result of task {name:?}"))
             })
         };
+        #[cfg(feature = "process")]
+        let call_chunk: Box<ChunkFn> = {
+            let f = f.clone();
+            let name = name.clone();
+            Box::new(move |bytes: &[u8]| chunk_call(&*f, &name, bytes))
+        };
         let entry = Entry {
             name: name.clone(),
             arg_type: std::any::type_name::<A>(),
@@ -136,6 +151,8 @@ impl Registry {
             direct: Box::new(f),
             #[cfg(feature = "process")]
             call_bytes,
+            #[cfg(feature = "process")]
+            call_chunk,
         };
         self.tasks.insert(name.to_string(), Arc::new(entry));
         self
@@ -161,5 +178,39 @@ impl Registry {
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
         self.tasks.values()
+    }
+}
+
+/// Runs `f` on each argument of an encoded chunk, in order, until one
+/// panics; encodes the results as one sequence.
+#[cfg(feature = "process")]
+fn chunk_call<A, R>(
+    f: &(dyn Fn(A) -> R + Send + Sync),
+    name: &str,
+    bytes: &[u8],
+) -> (Vec<u8>, Option<Error>)
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let items: Vec<A> =
+        match crate::codec::decode_seq(bytes, || format!("the arguments of task {name:?}")) {
+            Ok(items) => items,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+    let mut results = Vec::with_capacity(items.len());
+    let mut failure = None;
+    for item in items {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))) {
+            Ok(r) => results.push(r),
+            Err(p) => {
+                failure = Some(Error::from_panic(p));
+                break;
+            }
+        }
+    }
+    match crate::codec::encode_seq(&results, || format!("the results of task {name:?}")) {
+        Ok(bytes) => (bytes, failure),
+        Err(e) => (Vec::new(), Some(e)),
     }
 }

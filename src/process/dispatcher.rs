@@ -28,7 +28,7 @@ use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender};
 
 use super::spawn::{self, describe_status, Spawned};
 use super::wire::{Reader, Reply, Request, Writer};
-use super::{Common, ProcessOptions, RemoteJob};
+use super::{Answer, Common, ProcessOptions, RemoteJob};
 use crate::{deadlock, Error, Registry};
 
 /// Work in flight per worker is sized to about this much running time.
@@ -86,7 +86,7 @@ pub(crate) struct Queued {
 
 enum Payload {
     One(Vec<u8>),
-    Chunk(Vec<Vec<u8>>),
+    Chunk(Vec<u8>),
 }
 
 impl Queued {
@@ -101,7 +101,7 @@ impl Queued {
 
     pub(crate) fn chunk(
         name: Arc<str>,
-        items: Vec<Vec<u8>>,
+        items: Vec<u8>,
         limit: Option<Duration>,
         job: Arc<dyn RemoteJob>,
     ) -> Queued {
@@ -127,7 +127,7 @@ impl Queued {
     fn write(&self, w: &mut Writer) {
         match &self.payload {
             Payload::One(p) => w.run(self.id, &self.name, p),
-            Payload::Chunk(items) => w.chunk(self.id, &self.name, items),
+            Payload::Chunk(p) => w.chunk(self.id, &self.name, p),
         }
     }
 }
@@ -738,7 +738,7 @@ impl ReaderThread {
     fn read(&self, frame: &[u8]) -> Result<(), String> {
         let mut reader = Reader::new(frame);
         while let Some(reply) = reader.reply().map_err(|e| e.to_string())? {
-            let (id, micros, outcomes) = match reply {
+            let (id, micros, answer) = match reply {
                 Reply::Init(None) => continue,
                 Reply::Init(Some(message)) => {
                     let _ = self.tx.send(Msg::InitFailed {
@@ -752,12 +752,13 @@ impl ReaderThread {
                     id,
                     micros,
                     outcome,
-                } => (id, micros, vec![outcome]),
+                } => (id, micros, Answer::One(outcome)),
                 Reply::Chunk {
                     id,
                     micros,
-                    outcomes,
-                } => (id, micros, outcomes),
+                    results,
+                    failure,
+                } => (id, micros, Answer::Chunk { results, failure }),
             };
             self.record(micros);
             // The lock is released before `finish` runs the callbacks. No
@@ -765,7 +766,7 @@ impl ReaderThread {
             // its answer is dropped.
             let q = lock(&self.in_flight).take(id);
             if let Some(q) = q {
-                q.job.finish(outcomes);
+                q.job.finish(answer);
             }
         }
         Ok(())

@@ -211,10 +211,17 @@ impl ProcessPool {
             shared.complete(Err(entry.type_mismatch::<A, R>()));
             return Ok(future);
         }
-        let payloads = items
-            .iter()
-            .map(|a| encode_arg(entry, a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let what = || format!("the arguments of task {:?}", entry.name);
+        let payloads = codec::encode_seq(items, what)?;
+        if !wire::fits(payloads.len()) {
+            return Err(Error::Encode {
+                what: what(),
+                detail: format!(
+                    "the chunk is {} bytes; at most 4 GiB can cross",
+                    payloads.len()
+                ),
+            });
+        }
         self.send(Queued::chunk(
             entry.name.clone(),
             payloads,
@@ -287,7 +294,24 @@ pub(crate) trait RemoteJob: Send + Sync {
     /// Ends it with `err`, sent or not.
     fn fail(&self, err: Error);
     /// Ends it with the worker's answer.
-    fn finish(&self, outcomes: Vec<Outcome>);
+    fn finish(&self, answer: Answer);
+}
+
+/// A worker's answer to one task or one chunk.
+pub(crate) enum Answer {
+    One(Outcome),
+    /// The encoded results of the items that succeeded, then the failure.
+    Chunk {
+        results: Vec<u8>,
+        failure: Option<Outcome>,
+    },
+}
+
+fn not_the_answer(name: &str) -> Error {
+    Error::Decode {
+        what: format!("the result of task {name:?}"),
+        detail: "the worker answered a single task with a chunk, or the reverse".into(),
+    }
 }
 
 struct OneJob<R>(Arc<Shared<R>>);
@@ -326,14 +350,11 @@ impl<R: DeserializeOwned + Send + 'static> RemoteJob for OneJob<R> {
     fn fail(&self, err: Error) {
         fail(&self.0, err)
     }
-    fn finish(&self, outcomes: Vec<Outcome>) {
+    fn finish(&self, answer: Answer) {
         let name = self.0.name();
-        let result = match outcomes.into_iter().next() {
-            Some(o) => decode_outcome(o, &name),
-            None => Err(Error::Decode {
-                what: format!("the result of task {name:?}"),
-                detail: "the worker sent no result".into(),
-            }),
+        let result = match answer {
+            Answer::One(o) => decode_outcome(o, &name),
+            Answer::Chunk { .. } => Err(not_the_answer(&name)),
         };
         self.0.complete(result);
     }
@@ -352,17 +373,23 @@ impl<R: DeserializeOwned + Send + 'static> RemoteJob for ChunkJob<R> {
     fn fail(&self, err: Error) {
         fail(&self.0, err)
     }
-    fn finish(&self, outcomes: Vec<Outcome>) {
+    fn finish(&self, answer: Answer) {
         let name = self.0.name();
-        let mut results = Vec::with_capacity(outcomes.len());
-        for o in outcomes {
-            let r = decode_outcome(o, &name);
-            let failed = r.is_err();
-            results.push(r);
-            if failed {
-                break;
+        let Answer::Chunk { results, failure } = answer else {
+            self.0.complete(Err(not_the_answer(&name)));
+            return;
+        };
+        let results = codec::decode_seq::<R>(&results, || format!("the results of task {name:?}"));
+        let chunk = match results {
+            Ok(values) => {
+                let mut chunk: Chunk<R> = values.into_iter().map(Ok).collect();
+                if let Some(f) = failure {
+                    chunk.push(decode_outcome::<R>(f, &name));
+                }
+                chunk
             }
-        }
-        self.0.complete(Ok(results));
+            Err(e) => vec![Err(e)],
+        };
+        self.0.complete(Ok(chunk));
     }
 }

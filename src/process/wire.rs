@@ -42,10 +42,11 @@ pub(crate) enum Request {
         payload: Vec<u8>,
     },
     /// Run task `name` on each argument in order, stopping at a failure.
+    /// The payload is the codec's encoding of the whole `Vec` of arguments.
     Chunk {
         id: u64,
         name: String,
-        items: Vec<Vec<u8>>,
+        payload: Vec<u8>,
     },
     /// Finish and exit.
     Exit,
@@ -77,11 +78,13 @@ pub(crate) enum Reply {
         micros: u32,
         outcome: Outcome,
     },
-    /// Chunk `id` ended; one outcome per item run.
+    /// Chunk `id` ended: the encoded `Vec` of the results of the items
+    /// that succeeded, in order, then how the first failure ended, if any.
     Chunk {
         id: u64,
         micros: u32,
-        outcomes: Vec<Outcome>,
+        results: Vec<u8>,
+        failure: Option<Outcome>,
     },
 }
 
@@ -150,29 +153,27 @@ impl Writer {
                 self.bytes(payload);
             }
             Request::Run { id, name, payload } => self.run(*id, name, payload),
-            Request::Chunk { id, name, items } => self.chunk(*id, name, items),
+            Request::Chunk { id, name, payload } => self.chunk(*id, name, payload),
             Request::Exit => self.u8(EXIT),
         }
     }
 
     /// A `Run` record, without building a `Request`.
     pub(crate) fn run(&mut self, id: u64, name: &str, payload: &[u8]) {
-        self.buf.reserve(17 + name.len() + payload.len());
-        self.u8(RUN);
-        self.u64(id);
-        self.bytes(name.as_bytes());
-        self.bytes(payload);
+        self.call(RUN, id, name, payload);
     }
 
     /// A `Chunk` record, without building a `Request`.
-    pub(crate) fn chunk(&mut self, id: u64, name: &str, items: &[Vec<u8>]) {
-        self.u8(CHUNK);
+    pub(crate) fn chunk(&mut self, id: u64, name: &str, payload: &[u8]) {
+        self.call(CHUNK, id, name, payload);
+    }
+
+    fn call(&mut self, tag: u8, id: u64, name: &str, payload: &[u8]) {
+        self.buf.reserve(17 + name.len() + payload.len());
+        self.u8(tag);
         self.u64(id);
         self.bytes(name.as_bytes());
-        self.u32(items.len() as u32);
-        for item in items {
-            self.bytes(item);
-        }
+        self.bytes(payload);
     }
 
     pub(crate) fn reply(&mut self, r: &Reply) {
@@ -200,14 +201,19 @@ impl Writer {
             Reply::Chunk {
                 id,
                 micros,
-                outcomes,
+                results,
+                failure,
             } => {
                 self.u8(CHUNK_DONE);
                 self.u64(*id);
                 self.u32(*micros);
-                self.u32(outcomes.len() as u32);
-                for o in outcomes {
-                    self.outcome(o);
+                self.bytes(results);
+                match failure {
+                    None => self.u8(0),
+                    Some(o) => {
+                        self.u8(1);
+                        self.outcome(o);
+                    }
                 }
             }
         }
@@ -284,16 +290,6 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Res<String> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| BadFrame("a name is not UTF-8"))
     }
-    /// A count of items that each need at least `min` bytes: refused if the
-    /// frame cannot hold them, so a bad count never allocates.
-    fn count(&mut self, min: usize) -> Res<usize> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min) > self.buf.len() {
-            return Err(BadFrame("a count is larger than the frame"));
-        }
-        Ok(n)
-    }
-
     /// The next request, or `None` at the end of the frame.
     pub(crate) fn request(&mut self) -> Res<Option<Request>> {
         if self.buf.is_empty() {
@@ -309,16 +305,11 @@ impl<'a> Reader<'a> {
                 name: self.string()?,
                 payload: self.bytes()?.to_vec(),
             },
-            CHUNK => {
-                let id = self.u64()?;
-                let name = self.string()?;
-                let n = self.count(4)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(self.bytes()?.to_vec());
-                }
-                Request::Chunk { id, name, items }
-            }
+            CHUNK => Request::Chunk {
+                id: self.u64()?,
+                name: self.string()?,
+                payload: self.bytes()?.to_vec(),
+            },
             EXIT => Request::Exit,
             _ => return Err(BadFrame("unknown request tag")),
         }))
@@ -340,20 +331,16 @@ impl<'a> Reader<'a> {
                 micros: self.u32()?,
                 outcome: self.outcome()?,
             },
-            CHUNK_DONE => {
-                let id = self.u64()?;
-                let micros = self.u32()?;
-                let n = self.count(5)?;
-                let mut outcomes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    outcomes.push(self.outcome()?);
-                }
-                Reply::Chunk {
-                    id,
-                    micros,
-                    outcomes,
-                }
-            }
+            CHUNK_DONE => Reply::Chunk {
+                id: self.u64()?,
+                micros: self.u32()?,
+                results: self.bytes()?.to_vec(),
+                failure: match self.u8()? {
+                    0 => None,
+                    1 => Some(self.outcome()?),
+                    _ => return Err(BadFrame("unknown chunk status")),
+                },
+            },
             _ => return Err(BadFrame("unknown reply tag")),
         }))
     }
@@ -403,7 +390,7 @@ mod tests {
             Request::Chunk {
                 id: 8,
                 name: "add".into(),
-                items: vec![vec![1], vec![], vec![2, 3]],
+                payload: vec![3, 1, 2, 3],
             },
             Request::Exit,
         ]
@@ -420,15 +407,24 @@ mod tests {
             Reply::Chunk {
                 id: 8,
                 micros: 3,
-                outcomes: vec![
-                    Outcome::Ok(vec![]),
-                    Outcome::Panicked("p".into()),
-                    Outcome::Failed {
-                        decode: true,
-                        what: "w".into(),
-                        detail: "d".into(),
-                    },
-                ],
+                results: vec![2, 4, 6],
+                failure: Some(Outcome::Panicked("p".into())),
+            },
+            Reply::Chunk {
+                id: 9,
+                micros: 3,
+                results: vec![],
+                failure: Some(Outcome::Failed {
+                    decode: true,
+                    what: "w".into(),
+                    detail: "d".into(),
+                }),
+            },
+            Reply::Chunk {
+                id: 10,
+                micros: 0,
+                results: vec![0],
+                failure: None,
             },
         ]
     }
@@ -495,8 +491,8 @@ mod tests {
         }
     }
 
-    /// A count that claims more items than the frame holds is refused
-    /// before anything is allocated for them.
+    /// A length that claims more bytes than the frame holds is refused
+    /// before anything is allocated for it.
     #[test]
     fn huge_counts_are_refused() {
         let mut frame = vec![CHUNK];

@@ -46,7 +46,9 @@ pub fn serve_if_worker(registry: &Registry) {
     };
     // Processes this worker's tasks start are not workers.
     std::env::remove_var(SERVER_ENV);
-    let parent = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok());
+    let parent = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
     std::env::remove_var(PARENT_ENV);
     die_with_parent(parent);
     let code = match server.into_string() {
@@ -158,22 +160,21 @@ impl Worker<'_> {
                         outcome,
                     })?;
                 }
-                Request::Chunk { id, name, items } => {
+                Request::Chunk { id, name, payload } => {
                     let start = Instant::now();
-                    let mut outcomes = Vec::with_capacity(items.len());
-                    for item in &items {
-                        let outcome = self.call(&name, item);
-                        let failed = !matches!(outcome, Outcome::Ok(_));
-                        outcomes.push(outcome);
-                        if failed {
-                            break;
+                    let (results, failure) = match self.registry.get(&name) {
+                        Ok(entry) => {
+                            let (results, failure) = (entry.call_chunk)(&payload);
+                            (results, failure.map(|e| outcome_of(&name, e)))
                         }
-                    }
+                        Err(e) => (Vec::new(), Some(outcome_of(&name, e))),
+                    };
                     let micros = micros_since(start);
                     self.reply(&Reply::Chunk {
                         id,
                         micros,
-                        outcomes,
+                        results,
+                        failure,
                     })?;
                 }
             }
@@ -192,31 +193,11 @@ impl Worker<'_> {
     fn call(&self, name: &str, payload: &[u8]) -> Outcome {
         let entry = match self.registry.get(name) {
             Ok(e) => e,
-            Err(e) => {
-                return Outcome::Failed {
-                    decode: true,
-                    what: format!("task {name:?}"),
-                    detail: e.to_string(),
-                }
-            }
+            Err(e) => return outcome_of(name, e),
         };
         match catch_unwind(AssertUnwindSafe(|| (entry.call_bytes)(payload))) {
             Ok(Ok(bytes)) => Outcome::Ok(bytes),
-            Ok(Err(Error::Decode { what, detail })) => Outcome::Failed {
-                decode: true,
-                what,
-                detail,
-            },
-            Ok(Err(Error::Encode { what, detail })) => Outcome::Failed {
-                decode: false,
-                what,
-                detail,
-            },
-            Ok(Err(other)) => Outcome::Failed {
-                decode: true,
-                what: format!("task {name:?}"),
-                detail: other.to_string(),
-            },
+            Ok(Err(e)) => outcome_of(name, e),
             Err(p) => Outcome::Panicked(crate::error::panic_message(&*p)),
         }
     }
@@ -250,6 +231,28 @@ impl Worker<'_> {
         self.tx
             .send(&frame)
             .map_err(|e| format!("could not send results to the pool: {e}"))
+    }
+}
+
+/// The outcome that reports `e` from task `name` to the pool.
+fn outcome_of(name: &str, e: Error) -> Outcome {
+    match e {
+        Error::Panicked { message } => Outcome::Panicked(message),
+        Error::Decode { what, detail } => Outcome::Failed {
+            decode: true,
+            what,
+            detail,
+        },
+        Error::Encode { what, detail } => Outcome::Failed {
+            decode: false,
+            what,
+            detail,
+        },
+        other => Outcome::Failed {
+            decode: true,
+            what: format!("task {name:?}"),
+            detail: other.to_string(),
+        },
     }
 }
 
