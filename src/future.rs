@@ -36,9 +36,8 @@ pub(crate) type Watcher = Arc<dyn Fn() + Send + Sync>;
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
-/// How long a waiter spins (steps 0 to 6, doubling) and then yields (the
-/// rest) before it sleeps on the condvar.
-const SPIN_STEPS: u32 = 11;
+/// How long a waiter spins and yields before it sleeps on the condvar.
+const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
 enum State<T> {
     /// Not started.
@@ -349,7 +348,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     fn wait_until(&self, deadline: Option<Instant>) -> Result<bool, Error> {
         // Held until this wait returns: the recorded "I wait for this task".
         let mut _edge = None;
-        if self.spin_until_ended() {
+        if self.spin_until_ended(deadline) {
             return Ok(true);
         }
         let mut checked = deadline.is_some() || deadlock::current_pool().is_none();
@@ -387,21 +386,30 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         }
     }
 
-    /// Spins, then yields, for a few microseconds in all, in case the task
-    /// is about to end: that answer is much cheaper than sleeping and being
-    /// woken. True if it ended.
-    fn spin_until_ended(&self) -> bool {
-        for step in 0..SPIN_STEPS {
+    /// Spins, then yields, for up to [`SPIN_BUDGET`], in case the task is
+    /// about to end: that answer is much cheaper than sleeping and being
+    /// woken (a process round trip costs about half again as much through a
+    /// sleep). Yielding lets the threads that would answer run. True if it
+    /// ended.
+    fn spin_until_ended(&self, deadline: Option<Instant>) -> bool {
+        for step in 0..7 {
             if self.ended.load(Ordering::Acquire) {
                 return true;
             }
-            if step < 7 {
-                for _ in 0..(1u32 << step) {
-                    std::hint::spin_loop();
-                }
-            } else {
-                std::thread::yield_now();
+            for _ in 0..(1u32 << step) {
+                std::hint::spin_loop();
             }
+        }
+        let now = Instant::now();
+        let until = match deadline {
+            Some(d) => d.min(now + SPIN_BUDGET),
+            None => now + SPIN_BUDGET,
+        };
+        while Instant::now() < until {
+            if self.ended.load(Ordering::Acquire) {
+                return true;
+            }
+            std::thread::yield_now();
         }
         self.ended.load(Ordering::Acquire)
     }

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ const MAX_WINDOW: usize = 512;
 const FRAME_BYTES: usize = 1 << 20;
 /// How often the dispatcher checks processes and time limits while tasks run.
 const TICK: Duration = Duration::from_millis(50);
+/// How often it checks when no task runs.
+const IDLE_TICK: Duration = Duration::from_millis(500);
 /// Consecutive failed starts of replacement workers before the pool breaks.
 const MAX_START_FAILURES: u32 = 3;
 
@@ -124,6 +126,10 @@ impl Queued {
         }
     }
 
+    pub(crate) fn has_limit(&self) -> bool {
+        self.limit.is_some()
+    }
+
     fn write(&self, w: &mut Writer) {
         match &self.payload {
             Payload::One(p) => w.run(self.id, &self.name, p),
@@ -132,17 +138,73 @@ impl Queued {
     }
 }
 
-/// The tasks sent to one worker and not yet answered, oldest (the one
-/// running) first.
-#[derive(Default)]
-struct SlotQueue {
+/// The sending side of one worker, shared by the dispatcher, the worker's
+/// reader and submitters (which send straight to an idle worker): the tasks
+/// sent and not yet answered, oldest (the one running) first, and the
+/// channel. A task is pushed and its frame sent under one lock, so the
+/// worker runs tasks in this order.
+struct LaneState {
+    requests: IpcBytesSender,
     tasks: VecDeque<Queued>,
     /// When the oldest task started: when its predecessor's answer came, or
     /// when it was sent to an idle worker.
     head_started: Option<Instant>,
+    /// Tasks sent to it, for `max_tasks_per_child`.
+    sent: usize,
+    /// False once the worker is dead or retiring: nothing more is sent.
+    open: bool,
 }
 
-impl SlotQueue {
+/// A worker's lane and its tasks' running average, in µs (`u32::MAX` until
+/// the first answer).
+pub(crate) struct Lane {
+    state: Mutex<LaneState>,
+    avg_micros: AtomicU32,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many tasks may be in flight on this worker.
+    fn window(&self) -> usize {
+        let avg = self.avg_micros.load(Ordering::Relaxed).max(1);
+        ((IN_FLIGHT_MICROS / avg) as usize).clamp(2, MAX_WINDOW)
+    }
+}
+
+/// The live workers' lanes, for submitters.
+pub(crate) type Lanes = Arc<RwLock<Vec<Arc<Lane>>>>;
+
+/// Sends `q` straight to an idle worker, if one is free and no task waits in
+/// the dispatcher; hands it back otherwise. This keeps the dispatcher thread
+/// off the path of a lone task.
+pub(crate) fn send_direct(lanes: &Lanes, max_tasks: usize, q: Queued) -> Result<(), Queued> {
+    let lanes = lanes.read().unwrap_or_else(PoisonError::into_inner);
+    for lane in lanes.iter() {
+        let Ok(mut st) = lane.state.try_lock() else {
+            continue;
+        };
+        if !st.open || !st.tasks.is_empty() || st.sent >= max_tasks {
+            continue;
+        }
+        if !q.job.claim() {
+            return Ok(()); // cancelled already: it never runs
+        }
+        let mut w = Writer::default();
+        q.write(&mut w);
+        st.push(q);
+        st.sent += 1;
+        // If the worker is gone, its reader reports the death and the task
+        // is sent again.
+        let _ = st.requests.send(&w.take());
+        return Ok(());
+    }
+    Err(q)
+}
+
+impl LaneState {
     fn len(&self) -> usize {
         self.tasks.len()
     }
@@ -172,35 +234,15 @@ impl SlotQueue {
     }
 }
 
-type InFlight = Arc<Mutex<SlotQueue>>;
-
-fn lock(q: &InFlight) -> MutexGuard<'_, SlotQueue> {
-    q.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// One live worker process.
 struct Slot {
     generation: u64,
     pid: u32,
     child: Child,
-    requests: IpcBytesSender,
-    in_flight: InFlight,
-    /// Running average of its tasks' running time, in µs (`u32::MAX` until
-    /// the first answer).
-    avg_micros: Arc<AtomicU32>,
+    lane: Arc<Lane>,
     reader: Option<JoinHandle<()>>,
-    /// Tasks sent to it, for `max_tasks_per_child`.
-    sent: usize,
     /// Why the pool killed it: the error its running task gets.
     doom: Option<Error>,
-}
-
-impl Slot {
-    /// How many tasks may be in flight on this worker.
-    fn window(&self) -> usize {
-        let avg = self.avg_micros.load(Ordering::Relaxed).max(1);
-        ((IN_FLIGHT_MICROS / avg) as usize).clamp(2, MAX_WINDOW)
-    }
 }
 
 struct Dispatcher {
@@ -213,6 +255,8 @@ struct Dispatcher {
     program: PathBuf,
     queue: VecDeque<Queued>,
     slots: Vec<Option<Slot>>,
+    /// The open lanes, shared with submitters.
+    lanes: Lanes,
     next_generation: u64,
     closing: bool,
     broken: Option<String>,
@@ -227,8 +271,9 @@ pub(crate) fn start(
     registry: Registry,
     opts: ProcessOptions,
     common: Arc<Common>,
-) -> Result<Sender<Msg>, Error> {
+) -> Result<(Sender<Msg>, Lanes), Error> {
     let program = spawn::worker_program(opts.program.as_ref())?;
+    let lanes: Lanes = Arc::default();
     let (tx, rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let mut d = Dispatcher {
@@ -241,6 +286,7 @@ pub(crate) fn start(
         program,
         queue: VecDeque::new(),
         slots: Vec::new(),
+        lanes: lanes.clone(),
         next_generation: 0,
         closing: false,
         broken: None,
@@ -268,7 +314,7 @@ pub(crate) fn start(
             reason: format!("could not start the pool's dispatcher thread: {e}"),
         })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(tx),
+        Ok(Ok(())) => Ok((tx, lanes)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Error::Spawn {
             reason: "the pool's dispatcher thread ended while starting workers".into(),
@@ -310,15 +356,24 @@ impl Dispatcher {
         let Spawned { child, hello } = spawned;
         self.next_generation += 1;
         let generation = self.next_generation;
-        let in_flight: InFlight = Arc::default();
-        let avg_micros = Arc::new(AtomicU32::new(u32::MAX));
+        let lane = Arc::new(Lane {
+            state: Mutex::new(LaneState {
+                requests: hello.requests,
+                tasks: VecDeque::new(),
+                head_started: None,
+                sent: 0,
+                open: true,
+            }),
+            avg_micros: AtomicU32::new(u32::MAX),
+        });
         let reader = ReaderThread {
             slot,
             generation,
             replies: hello.replies,
-            in_flight: in_flight.clone(),
-            avg_micros: avg_micros.clone(),
+            lane: lane.clone(),
             tx: self.tx.clone(),
+            common: self.common.clone(),
+            always_report: self.opts.max_tasks_per_child.is_some(),
         };
         let pool = self.pool;
         let reader = std::thread::Builder::new()
@@ -335,34 +390,45 @@ impl Dispatcher {
                 payload: payload.clone(),
             });
             // A failure to send shows up as the worker's death.
-            let _ = hello.requests.send(&w.take());
+            let _ = lane.lock().requests.send(&w.take());
         }
+        self.lanes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(lane.clone());
         self.slots[slot] = Some(Slot {
             generation,
             pid: hello.pid,
             child,
-            requests: hello.requests,
-            in_flight,
-            avg_micros,
+            lane,
             reader,
-            sent: 0,
             doom: None,
         });
     }
 
+    /// Closes a worker's lane: nothing more is sent to it.
+    fn close_lane(&self, lane: &Arc<Lane>) {
+        lane.lock().open = false;
+        self.lanes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|l| !Arc::ptr_eq(l, lane));
+    }
+
     fn run(&mut self) {
         loop {
-            // While tasks run, wake up now and then to watch the processes
-            // themselves and the tasks' time limits: a dead worker's channel
-            // does not always say so.
-            let msg = if self.all_idle() {
-                self.rx.recv().ok()
-            } else {
-                match self.rx.recv_timeout(TICK) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+            // Wake up now and then to watch the processes themselves and
+            // the tasks' time limits (a dead worker's channel does not always
+            // say so): often while tasks run, seldom when idle, since a
+            // submitter may hand a task straight to a worker.
+            let tick = if self.all_idle() { IDLE_TICK } else { TICK };
+            self.common
+                .dispatcher_idle
+                .store(tick == IDLE_TICK, Ordering::Relaxed);
+            let msg = match self.rx.recv_timeout(tick) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             if let Some(msg) = msg {
                 self.handle(msg);
@@ -373,6 +439,9 @@ impl Dispatcher {
             self.watch();
             self.retire_worn_out();
             self.dispatch();
+            self.common
+                .backlog
+                .store(self.queue.len(), Ordering::Relaxed);
             if self.closing && self.queue.is_empty() && self.all_idle() {
                 break;
             }
@@ -384,7 +453,7 @@ impl Dispatcher {
         self.slots
             .iter()
             .flatten()
-            .all(|s| lock(&s.in_flight).is_empty())
+            .all(|s| s.lane.lock().is_empty())
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -423,7 +492,9 @@ impl Dispatcher {
                     "the initializer failed in worker process {}: {message}",
                     s.pid
                 );
-                let in_flight: Vec<Queued> = lock(&s.in_flight).drain().into();
+                let lane = s.lane.clone();
+                self.close_lane(&lane);
+                let in_flight: Vec<Queued> = lane.lock().drain().into();
                 self.break_pool(reason, in_flight);
             }
             Msg::Kill { task } => self.kill_task(task),
@@ -453,7 +524,7 @@ impl Dispatcher {
             let Some(s) = self.slots[i].as_mut() else {
                 continue;
             };
-            let in_flight = lock(&s.in_flight);
+            let in_flight = s.lane.lock();
             let Some(pos) = in_flight.tasks.iter().position(|q| q.id == task) else {
                 continue;
             };
@@ -485,7 +556,7 @@ impl Dispatcher {
                 continue;
             };
             let over = {
-                let in_flight = lock(&s.in_flight);
+                let in_flight = s.lane.lock();
                 match (in_flight.tasks.front(), in_flight.head_started) {
                     (Some(q), Some(started)) => q.limit.filter(|l| started.elapsed() > *l),
                     _ => None,
@@ -508,13 +579,15 @@ impl Dispatcher {
             return;
         };
         for i in 0..self.slots.len() {
-            let worn_out = self.slots[i]
-                .as_ref()
-                .is_some_and(|s| s.sent >= max && lock(&s.in_flight).is_empty());
+            let worn_out = self.slots[i].as_ref().is_some_and(|s| {
+                let lane = s.lane.lock();
+                lane.sent >= max && lane.is_empty()
+            });
             if !worn_out {
                 continue;
             }
             if let Some(mut s) = self.slots[i].take() {
+                self.close_lane(&s.lane);
                 stop_worker(&mut s);
             }
             if self.broken.is_none() && !(self.closing && self.queue.is_empty()) {
@@ -550,14 +623,32 @@ impl Dispatcher {
             return;
         }
         let max_tasks = self.opts.max_tasks_per_child.unwrap_or(usize::MAX);
-        let mut slots: Vec<&mut Slot> = self.slots.iter_mut().flatten().collect();
-        let mut busy: Vec<usize> = slots.iter().map(|s| lock(&s.in_flight).len()).collect();
-        let windows: Vec<usize> = slots.iter().map(|s| s.window()).collect();
-        let mut frames: Vec<Writer> = slots.iter().map(|_| Writer::default()).collect();
+        let lanes: Vec<Arc<Lane>> = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| s.lane.clone())
+            .collect();
+        // Per lane: tasks in flight, and room for more.
+        let mut room: Vec<(usize, usize)> = lanes
+            .iter()
+            .map(|l| {
+                let st = l.lock();
+                let busy = st.len();
+                let free = if st.open {
+                    let by_window = l.window().saturating_sub(busy);
+                    by_window.min(max_tasks.saturating_sub(st.sent))
+                } else {
+                    0
+                };
+                (busy, free)
+            })
+            .collect();
+        let mut batches: Vec<Vec<Queued>> = lanes.iter().map(|_| Vec::new()).collect();
         while !self.queue.is_empty() {
-            let best = (0..slots.len())
-                .filter(|&i| busy[i] < windows[i] && slots[i].sent < max_tasks)
-                .min_by_key(|&i| busy[i]);
+            let best = (0..lanes.len())
+                .filter(|&i| room[i].1 > 0)
+                .min_by_key(|&i| room[i].0);
             let Some(i) = best else {
                 break;
             };
@@ -568,16 +659,29 @@ impl Dispatcher {
                 continue; // cancelled while queued: it never runs
             }
             q.claimed = true;
-            q.write(&mut frames[i]);
-            lock(&slots[i].in_flight).push(q);
-            slots[i].sent += 1;
-            busy[i] += 1;
-            if frames[i].len() >= FRAME_BYTES {
-                send(slots[i], &mut frames[i]);
-            }
+            batches[i].push(q);
+            room[i].0 += 1;
+            room[i].1 -= 1;
         }
-        for (slot, frame) in slots.iter().zip(&mut frames) {
-            send(slot, frame);
+        for (lane, batch) in lanes.iter().zip(batches) {
+            if batch.is_empty() {
+                continue;
+            }
+            let mut st = lane.lock();
+            let mut w = Writer::default();
+            for q in batch {
+                q.write(&mut w);
+                st.push(q);
+                st.sent += 1;
+                if w.len() >= FRAME_BYTES {
+                    let _ = st.requests.send(&w.take());
+                }
+            }
+            // If the worker is gone, its reader reports the death and these
+            // tasks are sent again.
+            if !w.is_empty() {
+                let _ = st.requests.send(&w.take());
+            }
         }
     }
 
@@ -588,6 +692,7 @@ impl Dispatcher {
         let Some(mut s) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        self.close_lane(&s.lane);
         if bad_frame.is_some() {
             let _ = s.child.kill();
         }
@@ -601,7 +706,7 @@ impl Dispatcher {
         if let Some(reader) = s.reader.take().filter(|_| from_reader) {
             let _ = reader.join();
         }
-        let mut in_flight = lock(&s.in_flight).drain();
+        let mut in_flight = s.lane.lock().drain();
         if let Some(running) = in_flight.pop_front() {
             let err = s
                 .doom
@@ -650,9 +755,11 @@ impl Dispatcher {
         for s in self.slots.iter().flatten() {
             send_exit(s);
         }
-        for mut s in self.slots.drain(..).flatten() {
+        let slots: Vec<Slot> = self.slots.drain(..).flatten().collect();
+        for mut s in slots {
+            self.close_lane(&s.lane);
             stop_worker(&mut s);
-            for q in lock(&s.in_flight).drain() {
+            for q in s.lane.lock().drain() {
                 q.job.fail(Error::WorkerDied {
                     pid: s.pid,
                     status: "was stopped at shutdown".into(),
@@ -665,7 +772,7 @@ impl Dispatcher {
 fn send_exit(s: &Slot) {
     let mut exit = Writer::default();
     exit.request(&Request::Exit);
-    let _ = s.requests.send(&exit.take());
+    let _ = s.lane.lock().requests.send(&exit.take());
 }
 
 /// Asks a worker to exit, reaps it (killing it if it does not exit in
@@ -675,14 +782,6 @@ fn stop_worker(s: &mut Slot) {
     reap(&mut s.child, Duration::from_secs(5));
     if let Some(reader) = s.reader.take() {
         let _ = reader.join();
-    }
-}
-
-/// Sends what `frame` holds to `slot`'s worker. If the worker is gone, its
-/// reader reports the death and these tasks are sent again.
-fn send(slot: &Slot, frame: &mut Writer) {
-    if !frame.is_empty() {
-        let _ = slot.requests.send(&frame.take());
     }
 }
 
@@ -712,9 +811,11 @@ struct ReaderThread {
     slot: usize,
     generation: u64,
     replies: IpcBytesReceiver,
-    in_flight: InFlight,
-    avg_micros: Arc<AtomicU32>,
+    lane: Arc<Lane>,
     tx: Sender<Msg>,
+    common: Arc<Common>,
+    /// Tell the dispatcher after every frame (it counts tasks per worker).
+    always_report: bool,
 }
 
 impl ReaderThread {
@@ -726,7 +827,14 @@ impl ReaderThread {
             if let Err(e) = self.read(&frame) {
                 break Some(e);
             }
-            let _ = self.tx.send(Msg::Progress);
+            // The dispatcher needs to hear of answers only when tasks wait
+            // for room, when it is closing, or when it counts tasks.
+            if self.always_report
+                || self.common.backlog.load(Ordering::Relaxed) > 0
+                || self.common.closing.load(Ordering::Relaxed)
+            {
+                let _ = self.tx.send(Msg::Progress);
+            }
         };
         let _ = self.tx.send(Msg::Died {
             slot: self.slot,
@@ -764,7 +872,7 @@ impl ReaderThread {
             // The lock is released before `finish` runs the callbacks. No
             // task: it was stopped by `Future::kill` before it started, and
             // its answer is dropped.
-            let q = lock(&self.in_flight).take(id);
+            let q = self.lane.lock().take(id);
             if let Some(q) = q {
                 q.job.finish(answer);
             }
@@ -773,13 +881,13 @@ impl ReaderThread {
     }
 
     fn record(&self, micros: u32) {
-        let old = self.avg_micros.load(Ordering::Relaxed);
+        let avg = &self.lane.avg_micros;
+        let old = avg.load(Ordering::Relaxed);
         let new = if old == u32::MAX {
             micros
         } else {
             ((u64::from(old) * 7 + u64::from(micros)) / 8) as u32
         };
-        self.avg_micros
-            .store(new.min(u32::MAX - 1), Ordering::Relaxed);
+        avg.store(new.min(u32::MAX - 1), Ordering::Relaxed);
     }
 }

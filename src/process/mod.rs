@@ -15,6 +15,7 @@ pub(crate) mod wire;
 mod worker;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use crate::future::{Shared, Stopper};
 use crate::map::Chunk;
 use crate::registry::Entry;
 use crate::{codec, Error, Future, Registry};
-use dispatcher::{Msg, Queued};
+use dispatcher::{Lanes, Msg, Queued};
 use wire::Outcome;
 
 pub use worker::serve_if_worker;
@@ -72,6 +73,12 @@ pub(crate) struct Common {
     /// Set when the dispatcher has stopped every worker.
     finished: Mutex<bool>,
     finished_cv: Condvar,
+    /// Tasks waiting in the dispatcher's queue (as of its last round).
+    backlog: AtomicUsize,
+    /// Set by `shutdown`: readers then tell the dispatcher of every answer.
+    closing: AtomicBool,
+    /// True while the dispatcher sleeps long (no task in flight).
+    dispatcher_idle: AtomicBool,
 }
 
 impl Common {
@@ -97,6 +104,9 @@ impl Common {
 pub(crate) struct ProcessPool {
     id: u64,
     tx: Sender<Msg>,
+    /// The workers' lanes, to hand a task straight to an idle worker.
+    lanes: Lanes,
+    max_tasks: usize,
     common: Arc<Common>,
     task_timeout: Option<Duration>,
     /// Asks the dispatcher to stop a running task (`Future::kill`).
@@ -129,9 +139,13 @@ impl ProcessPool {
             gate: Mutex::new(Gate::default()),
             finished: Mutex::new(false),
             finished_cv: Condvar::new(),
+            backlog: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            dispatcher_idle: AtomicBool::new(false),
         });
         let task_timeout = opts.task_timeout;
-        let tx = dispatcher::start(id, n, registry, opts, common.clone())?;
+        let max_tasks = opts.max_tasks_per_child.unwrap_or(usize::MAX);
+        let (tx, lanes) = dispatcher::start(id, n, registry, opts, common.clone())?;
         let kill_tx = tx.clone();
         let stopper: Stopper = Arc::new(move |task| {
             let _ = kill_tx.send(Msg::Kill { task });
@@ -139,6 +153,8 @@ impl ProcessPool {
         Ok(ProcessPool {
             id,
             tx,
+            lanes,
+            max_tasks,
             common,
             task_timeout,
             stopper,
@@ -159,7 +175,28 @@ impl ProcessPool {
         if g.closed {
             return Err(Error::Shutdown);
         }
-        self.tx.send(Msg::Task(q)).map_err(|_| Error::Shutdown)
+        // The gate stays locked until the task is handed over, so a
+        // shutdown cannot slip between the check above and the hand-over.
+        // With nothing waiting in the dispatcher, an idle worker gets the
+        // task straight from this thread.
+        let q = if self.common.backlog.load(Ordering::Relaxed) == 0 && self.tx.is_empty() {
+            let limited = q.has_limit();
+            match dispatcher::send_direct(&self.lanes, self.max_tasks, q) {
+                Ok(()) => {
+                    // A sleeping dispatcher must wake to watch a time limit.
+                    if limited && self.common.dispatcher_idle.load(Ordering::Relaxed) {
+                        let _ = self.tx.send(Msg::Progress);
+                    }
+                    return Ok(());
+                }
+                Err(q) => q,
+            }
+        } else {
+            q
+        };
+        let sent = self.tx.send(Msg::Task(q)).map_err(|_| Error::Shutdown);
+        drop(g);
+        sent
     }
 
     fn new_shared<T: Send + 'static>(&self, entry: &Entry) -> Arc<Shared<T>> {
@@ -248,6 +285,7 @@ impl ProcessPool {
             let mut g = self.common.gate();
             if !g.closed || cancel_futures {
                 g.closed = true;
+                self.common.closing.store(true, Ordering::Relaxed);
                 let _ = self.tx.send(Msg::Shutdown {
                     cancel: cancel_futures,
                 });
