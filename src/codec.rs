@@ -21,17 +21,22 @@ pub(crate) fn encode<T: Serialize + 'static>(
     value: &T,
     what: impl FnOnce() -> String,
 ) -> Result<Vec<u8>, Error> {
-    let any = value as &dyn Any;
-    if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
-        return Ok(bytes.clone());
-    }
-    if let Some(s) = any.downcast_ref::<String>() {
-        return Ok(s.as_bytes().to_vec());
+    if let Some(bytes) = raw_bytes(value) {
+        return Ok(bytes.to_vec());
     }
     postcard::to_allocvec(value).map_err(|e| Error::Encode {
         what: what(),
         detail: e.to_string(),
     })
+}
+
+/// The bytes of a `Vec<u8>` or `String`, which are their own encoding.
+pub(crate) fn raw_bytes<T: 'static>(value: &T) -> Option<&[u8]> {
+    let any = value as &dyn Any;
+    if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
+        return Some(bytes);
+    }
+    any.downcast_ref::<String>().map(String::as_bytes)
 }
 
 /// Decodes a whole `T` from `bytes`; `what` names it for the error message.

@@ -24,10 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender, IpcSharedMemory};
 
 use super::spawn::{self, describe_status, Spawned};
-use super::wire::{Reader, Reply, Request, Writer};
+use super::wire::{Body, Held, Outcome, Reader, Reply, Request, Writer};
 use super::{Answer, Common, ProcessOptions, RemoteJob};
 use crate::{deadlock, Error, Registry};
 
@@ -87,14 +87,14 @@ pub(crate) struct Queued {
 }
 
 enum Payload {
-    One(Vec<u8>),
-    Chunk(Vec<u8>),
+    One(Held),
+    Chunk(Held),
 }
 
 impl Queued {
     pub(crate) fn one(
         name: Arc<str>,
-        payload: Vec<u8>,
+        payload: Held,
         limit: Option<Duration>,
         job: Arc<dyn RemoteJob>,
     ) -> Queued {
@@ -103,7 +103,7 @@ impl Queued {
 
     pub(crate) fn chunk(
         name: Arc<str>,
-        items: Vec<u8>,
+        items: Held,
         limit: Option<Duration>,
         job: Arc<dyn RemoteJob>,
     ) -> Queued {
@@ -132,9 +132,21 @@ impl Queued {
 
     fn write(&self, w: &mut Writer) {
         match &self.payload {
-            Payload::One(p) => w.run(self.id, &self.name, p),
-            Payload::Chunk(p) => w.chunk(self.id, &self.name, p),
+            Payload::One(p) => w.run(self.id, &self.name, p.body()),
+            Payload::Chunk(p) => w.chunk(self.id, &self.name, p.body()),
         }
+    }
+
+    /// Writes this task into `w`, first sending its payload's shared-memory
+    /// segment, if it has one, on the lane's side channel.
+    fn send_into(&self, w: &mut Writer, big: &IpcSender<IpcSharedMemory>) {
+        let (Payload::One(p) | Payload::Chunk(p)) = &self.payload;
+        if let Some(segment) = p.segment() {
+            // If the worker is gone, its death is reported and the task is
+            // sent again.
+            let _ = big.send(segment.clone());
+        }
+        self.write(w);
     }
 }
 
@@ -145,6 +157,8 @@ impl Queued {
 /// worker runs tasks in this order.
 struct LaneState {
     requests: IpcBytesSender,
+    /// The side channel for the shared-memory segments of big payloads.
+    big: IpcSender<IpcSharedMemory>,
     tasks: VecDeque<Queued>,
     /// When the oldest task started: when its predecessor's answer came, or
     /// when it was sent to an idle worker.
@@ -193,7 +207,7 @@ pub(crate) fn send_direct(lanes: &Lanes, max_tasks: usize, q: Queued) -> Result<
             return Ok(()); // cancelled already: it never runs
         }
         let mut w = Writer::default();
-        q.write(&mut w);
+        q.send_into(&mut w, &st.big);
         st.push(q);
         st.sent += 1;
         // If the worker is gone, its reader reports the death and the task
@@ -359,6 +373,7 @@ impl Dispatcher {
         let lane = Arc::new(Lane {
             state: Mutex::new(LaneState {
                 requests: hello.requests,
+                big: hello.big_requests,
                 tasks: VecDeque::new(),
                 head_started: None,
                 sent: 0,
@@ -370,6 +385,7 @@ impl Dispatcher {
             slot,
             generation,
             replies: hello.replies,
+            big_replies: hello.big_replies,
             lane: lane.clone(),
             tx: self.tx.clone(),
             common: self.common.clone(),
@@ -670,7 +686,7 @@ impl Dispatcher {
             let mut st = lane.lock();
             let mut w = Writer::default();
             for q in batch {
-                q.write(&mut w);
+                q.send_into(&mut w, &st.big);
                 st.push(q);
                 st.sent += 1;
                 if w.len() >= FRAME_BYTES {
@@ -811,6 +827,7 @@ struct ReaderThread {
     slot: usize,
     generation: u64,
     replies: IpcBytesReceiver,
+    big_replies: IpcReceiver<IpcSharedMemory>,
     lane: Arc<Lane>,
     tx: Sender<Msg>,
     common: Arc<Common>,
@@ -859,14 +876,22 @@ impl ReaderThread {
                 Reply::Done {
                     id,
                     micros,
+                    outcome: Outcome::Ok(body),
+                } => (id, micros, Answer::One(Ok(self.held(body)?))),
+                Reply::Done {
+                    id,
+                    micros,
                     outcome,
-                } => (id, micros, Answer::One(outcome)),
+                } => (id, micros, Answer::One(Err(outcome))),
                 Reply::Chunk {
                     id,
                     micros,
                     results,
                     failure,
-                } => (id, micros, Answer::Chunk { results, failure }),
+                } => {
+                    let results = self.held(results)?;
+                    (id, micros, Answer::Chunk { results, failure })
+                }
             };
             self.record(micros);
             // The lock is released before `finish` runs the callbacks. No
@@ -878,6 +903,18 @@ impl ReaderThread {
             }
         }
         Ok(())
+    }
+
+    /// A reply's payload: inline, or the next shared-memory segment.
+    fn held(&self, body: Body) -> Result<Held, String> {
+        match body {
+            Body::Inline(bytes) => Ok(Held::Bytes(bytes)),
+            Body::Shared => self
+                .big_replies
+                .recv()
+                .map(Held::Shared)
+                .map_err(|e| format!("broken shared-memory channel ({e})")),
+        }
     }
 
     fn record(&self, micros: u32) {

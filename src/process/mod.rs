@@ -28,7 +28,8 @@ use crate::map::Chunk;
 use crate::registry::Entry;
 use crate::{codec, Error, Future, Registry};
 use dispatcher::{Lanes, Msg, Queued};
-use wire::Outcome;
+use ipc_channel::ipc::IpcSharedMemory;
+use wire::{Body, Held, Outcome};
 
 pub use worker::serve_if_worker;
 
@@ -249,16 +250,7 @@ impl ProcessPool {
             return Ok(future);
         }
         let what = || format!("the arguments of task {:?}", entry.name);
-        let payloads = codec::encode_seq(items, what)?;
-        if !wire::fits(payloads.len()) {
-            return Err(Error::Encode {
-                what: what(),
-                detail: format!(
-                    "the chunk is {} bytes; at most 4 GiB can cross",
-                    payloads.len()
-                ),
-            });
-        }
+        let payloads = Held::new(codec::encode_seq(items, what)?);
         self.send(Queued::chunk(
             entry.name.clone(),
             payloads,
@@ -309,16 +301,14 @@ impl ProcessPool {
     }
 }
 
-fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: &A) -> Result<Vec<u8>, Error> {
-    let what = || format!("the argument of task {:?}", entry.name);
-    let payload = codec::encode(arg, what)?;
-    if !wire::fits(payload.len()) {
-        return Err(Error::Encode {
-            what: what(),
-            detail: format!("it is {} bytes; at most 4 GiB can cross", payload.len()),
-        });
+/// Encodes a task's argument, into a shared-memory segment when it is big
+/// (a big `Vec<u8>` or `String` is copied there directly).
+fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: &A) -> Result<Held, Error> {
+    if let Some(raw) = codec::raw_bytes(arg).filter(|b| b.len() >= wire::BIG) {
+        return Ok(Held::Shared(IpcSharedMemory::from_bytes(raw)));
     }
-    Ok(payload)
+    let what = || format!("the argument of task {:?}", entry.name);
+    Ok(Held::new(codec::encode(arg, what)?))
 }
 
 /// A queued process task with its result type erased.
@@ -337,10 +327,11 @@ pub(crate) trait RemoteJob: Send + Sync {
 
 /// A worker's answer to one task or one chunk.
 pub(crate) enum Answer {
-    One(Outcome),
+    /// The encoded result, or how the task failed.
+    One(Result<Held, Outcome>),
     /// The encoded results of the items that succeeded, then the failure.
     Chunk {
-        results: Vec<u8>,
+        results: Held,
         failure: Option<Outcome>,
     },
 }
@@ -358,7 +349,10 @@ struct ChunkJob<R>(Arc<Shared<Chunk<R>>>);
 /// The result an outcome stands for.
 fn decode_outcome<R: DeserializeOwned + 'static>(outcome: Outcome, name: &str) -> Result<R, Error> {
     match outcome {
-        Outcome::Ok(bytes) => codec::decode(&bytes, || format!("the result of task {name:?}")),
+        Outcome::Ok(Body::Inline(bytes)) => {
+            codec::decode(&bytes, || format!("the result of task {name:?}"))
+        }
+        Outcome::Ok(Body::Shared) => Err(not_the_answer(name)),
         Outcome::Panicked(message) => Err(Error::Panicked { message }),
         Outcome::Failed {
             decode: true,
@@ -391,7 +385,10 @@ impl<R: DeserializeOwned + Send + 'static> RemoteJob for OneJob<R> {
     fn finish(&self, answer: Answer) {
         let name = self.0.name();
         let result = match answer {
-            Answer::One(o) => decode_outcome(o, &name),
+            Answer::One(Ok(bytes)) => {
+                codec::decode(&bytes, || format!("the result of task {name:?}"))
+            }
+            Answer::One(Err(o)) => decode_outcome(o, &name),
             Answer::Chunk { .. } => Err(not_the_answer(&name)),
         };
         self.0.complete(result);

@@ -12,6 +12,7 @@
 //! Decoding never panics and never allocates more than the frame holds: every
 //! length is checked against the bytes that remain.
 
+use ipc_channel::ipc::IpcSharedMemory;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the frames or the handshake change.
@@ -28,6 +29,87 @@ pub(crate) struct Hello {
     pub(crate) requests: ipc_channel::ipc::IpcBytesSender,
     /// Where the pool reads reply frames.
     pub(crate) replies: ipc_channel::ipc::IpcBytesReceiver,
+    /// Where the pool sends the shared-memory segments of big payloads.
+    pub(crate) big_requests: ipc_channel::ipc::IpcSender<IpcSharedMemory>,
+    /// Where the pool reads the segments of big results.
+    pub(crate) big_replies: ipc_channel::ipc::IpcReceiver<IpcSharedMemory>,
+}
+
+/// A payload held in memory: bytes, or a shared-memory segment.
+pub(crate) enum Held {
+    Bytes(Vec<u8>),
+    Shared(IpcSharedMemory),
+}
+
+impl Held {
+    /// `bytes`, moved into a shared-memory segment when it is big.
+    pub(crate) fn new(bytes: Vec<u8>) -> Held {
+        if bytes.len() >= BIG {
+            Held::Shared(IpcSharedMemory::from_bytes(&bytes))
+        } else {
+            Held::Bytes(bytes)
+        }
+    }
+
+    /// How it is written in a frame.
+    pub(crate) fn body(&self) -> BodyRef<'_> {
+        match self {
+            Held::Bytes(b) => BodyRef::Inline(b),
+            Held::Shared(_) => BodyRef::Shared,
+        }
+    }
+
+    /// The segment to send beside the frame, if any.
+    pub(crate) fn segment(&self) -> Option<&IpcSharedMemory> {
+        match self {
+            Held::Bytes(_) => None,
+            Held::Shared(shm) => Some(shm),
+        }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Held::Bytes(b) => b,
+            Held::Shared(shm) => shm,
+        }
+    }
+}
+
+/// Payloads of this many bytes or more cross in a shared-memory segment
+/// instead of inside the frame: one copy in, one copy out, and no trip
+/// through the socket.
+pub(crate) const BIG: usize = 1 << 20;
+
+/// The length that marks a payload as "in the next shared-memory segment".
+const SHARED_MARK: u32 = u32::MAX;
+
+/// A payload as read from a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Body {
+    /// The bytes themselves.
+    Inline(Vec<u8>),
+    /// In the next shared-memory segment on the side channel, which the
+    /// sender sent before this frame.
+    Shared,
+}
+
+/// A payload to write into a frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyRef<'a> {
+    Inline(&'a [u8]),
+    Shared,
+}
+
+impl Body {
+    pub(crate) fn as_ref(&self) -> BodyRef<'_> {
+        match self {
+            Body::Inline(b) => BodyRef::Inline(b),
+            Body::Shared => BodyRef::Shared,
+        }
+    }
 }
 
 /// A request from the pool to a worker.
@@ -39,14 +121,14 @@ pub(crate) enum Request {
     Run {
         id: u64,
         name: String,
-        payload: Vec<u8>,
+        payload: Body,
     },
     /// Run task `name` on each argument in order, stopping at a failure.
     /// The payload is the codec's encoding of the whole `Vec` of arguments.
     Chunk {
         id: u64,
         name: String,
-        payload: Vec<u8>,
+        payload: Body,
     },
     /// Finish and exit.
     Exit,
@@ -56,7 +138,7 @@ pub(crate) enum Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// The encoded result.
-    Ok(Vec<u8>),
+    Ok(Body),
     /// The task panicked with this message.
     Panicked(String),
     /// The argument could not be decoded (`decode`) or the result encoded.
@@ -83,7 +165,7 @@ pub(crate) enum Reply {
     Chunk {
         id: u64,
         micros: u32,
-        results: Vec<u8>,
+        results: Body,
         failure: Option<Outcome>,
     },
 }
@@ -140,7 +222,10 @@ impl Writer {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
     fn bytes(&mut self, b: &[u8]) {
-        // Lengths over u32 are refused before they get here (see `fits`).
+        // Payloads of BIG bytes or more go in shared memory, so only a
+        // message or name over 4 GiB could be longer: it is cut, never
+        // written with a wrong length.
+        let b = &b[..b.len().min(SHARED_MARK as usize - 1)];
         self.u32(b.len() as u32);
         self.buf.extend_from_slice(b);
     }
@@ -152,28 +237,34 @@ impl Writer {
                 self.bytes(name.as_bytes());
                 self.bytes(payload);
             }
-            Request::Run { id, name, payload } => self.run(*id, name, payload),
-            Request::Chunk { id, name, payload } => self.chunk(*id, name, payload),
+            Request::Run { id, name, payload } => self.run(*id, name, payload.as_ref()),
+            Request::Chunk { id, name, payload } => self.chunk(*id, name, payload.as_ref()),
             Request::Exit => self.u8(EXIT),
         }
     }
 
     /// A `Run` record, without building a `Request`.
-    pub(crate) fn run(&mut self, id: u64, name: &str, payload: &[u8]) {
+    pub(crate) fn run(&mut self, id: u64, name: &str, payload: BodyRef<'_>) {
         self.call(RUN, id, name, payload);
     }
 
     /// A `Chunk` record, without building a `Request`.
-    pub(crate) fn chunk(&mut self, id: u64, name: &str, payload: &[u8]) {
+    pub(crate) fn chunk(&mut self, id: u64, name: &str, payload: BodyRef<'_>) {
         self.call(CHUNK, id, name, payload);
     }
 
-    fn call(&mut self, tag: u8, id: u64, name: &str, payload: &[u8]) {
-        self.buf.reserve(17 + name.len() + payload.len());
+    fn call(&mut self, tag: u8, id: u64, name: &str, payload: BodyRef<'_>) {
         self.u8(tag);
         self.u64(id);
         self.bytes(name.as_bytes());
-        self.bytes(payload);
+        self.body(payload);
+    }
+
+    fn body(&mut self, b: BodyRef<'_>) {
+        match b {
+            BodyRef::Inline(bytes) => self.bytes(bytes),
+            BodyRef::Shared => self.u32(SHARED_MARK),
+        }
     }
 
     pub(crate) fn reply(&mut self, r: &Reply) {
@@ -207,7 +298,7 @@ impl Writer {
                 self.u8(CHUNK_DONE);
                 self.u64(*id);
                 self.u32(*micros);
-                self.bytes(results);
+                self.body(results.as_ref());
                 match failure {
                     None => self.u8(0),
                     Some(o) => {
@@ -223,7 +314,7 @@ impl Writer {
         match o {
             Outcome::Ok(b) => {
                 self.u8(OK);
-                self.bytes(b);
+                self.body(b.as_ref());
             }
             Outcome::Panicked(msg) => {
                 self.u8(PANICKED);
@@ -244,11 +335,6 @@ impl Writer {
             }
         }
     }
-}
-
-/// True if a payload fits in one record field.
-pub(crate) fn fits(len: usize) -> bool {
-    u32::try_from(len).is_ok()
 }
 
 /// Reads records from a frame.
@@ -283,6 +369,14 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+    fn body(&mut self) -> Res<Body> {
+        let n = self.u32()?;
+        if n == SHARED_MARK {
+            return Ok(Body::Shared);
+        }
+        Ok(Body::Inline(self.take(n as usize)?.to_vec()))
+    }
+
     fn bytes(&mut self) -> Res<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
@@ -303,12 +397,12 @@ impl<'a> Reader<'a> {
             RUN => Request::Run {
                 id: self.u64()?,
                 name: self.string()?,
-                payload: self.bytes()?.to_vec(),
+                payload: self.body()?,
             },
             CHUNK => Request::Chunk {
                 id: self.u64()?,
                 name: self.string()?,
-                payload: self.bytes()?.to_vec(),
+                payload: self.body()?,
             },
             EXIT => Request::Exit,
             _ => return Err(BadFrame("unknown request tag")),
@@ -334,7 +428,7 @@ impl<'a> Reader<'a> {
             CHUNK_DONE => Reply::Chunk {
                 id: self.u64()?,
                 micros: self.u32()?,
-                results: self.bytes()?.to_vec(),
+                results: self.body()?,
                 failure: match self.u8()? {
                     0 => None,
                     1 => Some(self.outcome()?),
@@ -351,7 +445,7 @@ impl<'a> Reader<'a> {
 
     fn outcome(&mut self) -> Res<Outcome> {
         Ok(match self.u8()? {
-            OK => Outcome::Ok(self.bytes()?.to_vec()),
+            OK => Outcome::Ok(self.body()?),
             PANICKED => Outcome::Panicked(self.lossy()?),
             tag @ (FAILED_DECODE | FAILED_ENCODE) => Outcome::Failed {
                 decode: tag == FAILED_DECODE,
@@ -385,12 +479,17 @@ mod tests {
             Request::Run {
                 id: 7,
                 name: "square".into(),
-                payload: vec![9],
+                payload: Body::Inline(vec![9]),
+            },
+            Request::Run {
+                id: 11,
+                name: "len".into(),
+                payload: Body::Shared,
             },
             Request::Chunk {
                 id: 8,
                 name: "add".into(),
-                payload: vec![3, 1, 2, 3],
+                payload: Body::Inline(vec![3, 1, 2, 3]),
             },
             Request::Exit,
         ]
@@ -402,18 +501,18 @@ mod tests {
             Reply::Done {
                 id: 7,
                 micros: 12,
-                outcome: Outcome::Ok(vec![81]),
+                outcome: Outcome::Ok(Body::Inline(vec![81])),
             },
             Reply::Chunk {
                 id: 8,
                 micros: 3,
-                results: vec![2, 4, 6],
+                results: Body::Inline(vec![2, 4, 6]),
                 failure: Some(Outcome::Panicked("p".into())),
             },
             Reply::Chunk {
                 id: 9,
                 micros: 3,
-                results: vec![],
+                results: Body::Shared,
                 failure: Some(Outcome::Failed {
                     decode: true,
                     what: "w".into(),
@@ -423,7 +522,7 @@ mod tests {
             Reply::Chunk {
                 id: 10,
                 micros: 0,
-                results: vec![0],
+                results: Body::Inline(vec![0]),
                 failure: None,
             },
         ]
@@ -494,12 +593,22 @@ mod tests {
     /// A length that claims more bytes than the frame holds is refused
     /// before anything is allocated for it.
     #[test]
-    fn huge_counts_are_refused() {
+    fn huge_lengths_are_refused() {
         let mut frame = vec![CHUNK];
         frame.extend_from_slice(&1u64.to_le_bytes());
         frame.extend_from_slice(&0u32.to_le_bytes());
-        frame.extend_from_slice(&u32::MAX.to_le_bytes());
+        frame.extend_from_slice(&(SHARED_MARK - 1).to_le_bytes());
         assert!(Reader::new(&frame).request().is_err());
+        // The largest length is the shared-memory mark: no bytes follow.
+        let at = frame.len() - 4;
+        frame[at..].copy_from_slice(&SHARED_MARK.to_le_bytes());
+        assert!(matches!(
+            Reader::new(&frame).request(),
+            Ok(Some(Request::Chunk {
+                payload: Body::Shared,
+                ..
+            }))
+        ));
     }
 
     /// Pseudo-random bytes never panic the decoders.

@@ -5,9 +5,11 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcSender};
+use ipc_channel::ipc::{
+    self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender, IpcSharedMemory,
+};
 
-use super::wire::{Hello, Outcome, Reader, Reply, Request, Writer, PROTOCOL_VERSION};
+use super::wire::{Body, Held, Hello, Outcome, Reader, Reply, Request, Writer, PROTOCOL_VERSION};
 use crate::{Error, Registry};
 
 /// The environment variable that tells a process it is a pool's worker: the
@@ -82,6 +84,8 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
         .map_err(|e| format!("could not connect to the pool: {e}"))?;
     let (requests, request_rx) = ipc::bytes_channel().map_err(|e| e.to_string())?;
     let (reply_tx, replies) = ipc::bytes_channel().map_err(|e| e.to_string())?;
+    let (big_requests, big_rx) = ipc::channel().map_err(|e| e.to_string())?;
+    let (big_tx, big_replies) = ipc::channel().map_err(|e| e.to_string())?;
     let tasks = registry
         .entries()
         .map(|e| {
@@ -99,6 +103,8 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
             tasks,
             requests,
             replies,
+            big_requests,
+            big_replies,
         })
         .map_err(|e| format!("could not send the handshake: {e}"))?;
     drop(connect);
@@ -106,6 +112,8 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
         registry,
         rx: request_rx,
         tx: reply_tx,
+        big_rx,
+        big_tx,
         queue: VecDeque::new(),
         out: Writer::default(),
         oldest: None,
@@ -117,6 +125,9 @@ struct Worker<'a> {
     registry: &'a Registry,
     rx: IpcBytesReceiver,
     tx: IpcBytesSender,
+    /// Shared-memory segments of big arguments, and of big results.
+    big_rx: IpcReceiver<IpcSharedMemory>,
+    big_tx: IpcSender<IpcSharedMemory>,
     /// Requests received and not yet run.
     queue: VecDeque<Request>,
     /// Replies not yet sent, and when the first of them was written.
@@ -140,9 +151,12 @@ impl Worker<'_> {
                 Request::Exit => return self.flush(),
                 Request::Init { name, payload } => {
                     let failed = match self.call(&name, &payload) {
-                        Outcome::Ok(_) => None,
-                        Outcome::Panicked(m) => Some(format!("it panicked: {m}")),
-                        Outcome::Failed { what, detail, .. } => Some(format!("{what}: {detail}")),
+                        Ok(_) => None,
+                        Err(Outcome::Panicked(m)) => Some(format!("it panicked: {m}")),
+                        Err(Outcome::Failed { what, detail, .. }) => {
+                            Some(format!("{what}: {detail}"))
+                        }
+                        Err(Outcome::Ok(_)) => None,
                     };
                     let stop = failed.is_some();
                     self.reply(&Reply::Init(failed))?;
@@ -151,8 +165,12 @@ impl Worker<'_> {
                     }
                 }
                 Request::Run { id, name, payload } => {
+                    let payload = self.take_body(payload)?;
                     let start = Instant::now();
-                    let outcome = self.call(&name, &payload);
+                    let outcome = match self.call(&name, &payload) {
+                        Ok(bytes) => Outcome::Ok(self.put_body(bytes)?),
+                        Err(failed) => failed,
+                    };
                     let micros = micros_since(start);
                     self.reply(&Reply::Done {
                         id,
@@ -161,6 +179,7 @@ impl Worker<'_> {
                     })?;
                 }
                 Request::Chunk { id, name, payload } => {
+                    let payload = self.take_body(payload)?;
                     let start = Instant::now();
                     let (results, failure) = match self.registry.get(&name) {
                         Ok(entry) => {
@@ -170,6 +189,7 @@ impl Worker<'_> {
                         Err(e) => (Vec::new(), Some(outcome_of(&name, e))),
                     };
                     let micros = micros_since(start);
+                    let results = self.put_body(results)?;
                     self.reply(&Reply::Chunk {
                         id,
                         micros,
@@ -189,16 +209,39 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Calls task `name`, catching a panic.
-    fn call(&self, name: &str, payload: &[u8]) -> Outcome {
-        let entry = match self.registry.get(name) {
-            Ok(e) => e,
-            Err(e) => return outcome_of(name, e),
-        };
+    /// Calls task `name`, catching a panic: the encoded result, or how it
+    /// failed.
+    fn call(&self, name: &str, payload: &[u8]) -> Result<Vec<u8>, Outcome> {
+        let entry = self.registry.get(name).map_err(|e| outcome_of(name, e))?;
         match catch_unwind(AssertUnwindSafe(|| (entry.call_bytes)(payload))) {
-            Ok(Ok(bytes)) => Outcome::Ok(bytes),
-            Ok(Err(e)) => outcome_of(name, e),
-            Err(p) => Outcome::Panicked(crate::error::panic_message(&*p)),
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(outcome_of(name, e)),
+            Err(p) => Err(Outcome::Panicked(crate::error::panic_message(&*p))),
+        }
+    }
+
+    /// A request's payload: inline, or the next shared-memory segment.
+    fn take_body(&self, body: Body) -> Result<Held, String> {
+        match body {
+            Body::Inline(bytes) => Ok(Held::Bytes(bytes)),
+            Body::Shared => self
+                .big_rx
+                .recv()
+                .map(Held::Shared)
+                .map_err(|e| format!("lost the pool's shared-memory channel: {e}")),
+        }
+    }
+
+    /// A result to reply with: big ones go ahead in a shared-memory segment.
+    fn put_body(&self, bytes: Vec<u8>) -> Result<Body, String> {
+        match Held::new(bytes) {
+            Held::Bytes(b) => Ok(Body::Inline(b)),
+            Held::Shared(shm) => {
+                self.big_tx
+                    .send(shm)
+                    .map_err(|e| format!("could not send a result to the pool: {e}"))?;
+                Ok(Body::Shared)
+            }
         }
     }
 
