@@ -771,10 +771,38 @@ impl Dispatcher {
         for s in self.slots.iter().flatten() {
             send_exit(s);
         }
-        let slots: Vec<Slot> = self.slots.drain(..).flatten().collect();
-        for mut s in slots {
+        // Each reader reports when its worker's channel closes, which is
+        // when the worker exits: wait for those reports (not a polling
+        // loop), for a while, then kill whatever is left.
+        let mut exited: Vec<(usize, u64)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let live = |d: &Self| d.slots.iter().flatten().count();
+        while exited.len() < live(self) {
+            match self.rx.recv_deadline(deadline) {
+                Ok(Msg::Died {
+                    slot, generation, ..
+                }) => exited.push((slot, generation)),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let slots: Vec<(usize, Slot)> = self
+            .slots
+            .drain(..)
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s?)))
+            .collect();
+        for (i, mut s) in slots {
             self.close_lane(&s.lane);
-            stop_worker(&mut s);
+            let grace = if exited.contains(&(i, s.generation)) {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            reap(&mut s.child, grace);
+            if let Some(reader) = s.reader.take() {
+                let _ = reader.join();
+            }
             for q in s.lane.lock().drain() {
                 q.job.fail(Error::WorkerDied {
                     pid: s.pid,
