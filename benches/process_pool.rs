@@ -144,8 +144,8 @@ mod raw {
     }
 
     /// The same with a `pre_exec` hook setting the parent-death signal, as
-    /// twinpool's `spawn::start` does: std must then `fork`, which copies
-    /// the parent's page tables.
+    /// twinpool's `spawn::start` had until commit 5e41bd3: std must then
+    /// `fork`, which copies the parent's page tables.
     fn command_with_pre_exec(mode: String) -> Command {
         let mut cmd = command(mode);
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.

@@ -7,8 +7,9 @@
                                          # benches/python_peer.jsonl
     python3 benches/report.py --no-readme  # leave README.md alone
 
-It runs `cargo bench --bench thread_pool --bench process_pool` (criterion;
-estimates read from target/criterion/<group>/<bench>/new/), then
+It runs `cargo bench --bench thread_pool --bench process_pool -- --save-baseline
+issue5-report` (criterion; estimates read from
+target/criterion/<group>/<bench>/issue5-report/), then
 benches/python_peer.py (its JSON lines are kept in benches/python_peer.jsonl),
 and writes a table of ratios twinpool / peer with the absolute numbers. If
 README.md holds the markers <!-- bench:start --> and <!-- bench:end -->, the
@@ -28,6 +29,9 @@ BENCHES = Path(__file__).resolve().parent
 ROOT = BENCHES.parent
 PEER_JSONL = BENCHES / "python_peer.jsonl"
 COMMAND = "python3 benches/report.py"
+# criterion saves this run under its own baseline name, so that another
+# `cargo bench` on the same target directory cannot mix into the report.
+BASELINE = "issue5-report"
 
 # Per group: the unit its table uses, and what one criterion iteration holds
 # is read from the throughput criterion recorded.
@@ -72,18 +76,32 @@ def loadavg():
         return ["?"] * 3
 
 
+# A benchmark that hangs (a deadlock in the pool) must not hang the report.
+BENCH_TIMEOUT_S = 20 * 60
+
+
+def run_bounded(cmd):
+    """Runs cmd in its own process group; kills that group if it takes more
+    than BENCH_TIMEOUT_S (a hung bench and its worker processes with it)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+    try:
+        code = proc.wait(timeout=BENCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        sys.exit(f"report.py: {' '.join(cmd[:4])} ... did not finish in {BENCH_TIMEOUT_S} s (a hang?); killed it")
+    if code != 0:
+        sys.exit(f"report.py: {' '.join(cmd[:4])} ... failed with exit code {code}")
+
+
 def run_benches(criterion_dir):
     # Stale results of a removed benchmark must not reach the table.
-    for group in GROUPS:
-        d = criterion_dir / group
-        if d.exists():
-            for p in sorted(d.rglob("*"), reverse=True):
-                p.unlink() if p.is_file() else p.rmdir()
-            d.rmdir()
-    subprocess.run(
-        ["cargo", "bench", "--bench", "thread_pool", "--bench", "process_pool"],
-        cwd=ROOT,
-        check=True,
+    for d in criterion_dir.glob(f"*/*/{BASELINE}"):
+        for p in sorted(d.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        d.rmdir()
+    run_bounded(
+        ["cargo", "bench", "--bench", "thread_pool", "--bench", "process_pool", "--", "--save-baseline", BASELINE]
     )
     out = subprocess.run(
         [sys.executable, str(BENCHES / "python_peer.py")],
@@ -144,7 +162,7 @@ def read_criterion(criterion_dir):
         if not gdir.is_dir():
             continue
         for bdir in sorted(gdir.iterdir()):
-            est, bench = bdir / "new" / "estimates.json", bdir / "new" / "benchmark.json"
+            est, bench = bdir / BASELINE / "estimates.json", bdir / BASELINE / "benchmark.json"
             if not est.exists() or not bench.exists():
                 continue
             e, b = json.loads(est.read_text()), json.loads(bench.read_text())
@@ -199,17 +217,19 @@ def machine():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
+    base = {"nproc": sh("nproc"), "cpu": cpu, "rustc": sh("rustc", "--version"), "kernel": sh("uname", "-r")}
     try:
+        # A run from an exported tree (git archive) has no repository: its
+        # commit can be named in TWINPOOL_BENCH_COMMIT.
+        if os.environ.get("TWINPOOL_BENCH_COMMIT"):
+            return dict(base, commit=os.environ["TWINPOOL_BENCH_COMMIT"] + " (exported tree)")
         commit = sh("git", "rev-parse", "--short", "HEAD", cwd=ROOT)
+        dirty = sh("git", "status", "--porcelain", "--", "src", "Cargo.toml", cwd=ROOT)
+        if dirty:
+            commit += " with uncommitted changes in src/ or Cargo.toml"
     except (subprocess.CalledProcessError, OSError):
         commit = "?"
-    return {
-        "nproc": sh("nproc"),
-        "cpu": cpu,
-        "rustc": sh("rustc", "--version"),
-        "commit": commit,
-        "kernel": sh("uname", "-r"),
-    }
+    return dict(base, commit=commit)
 
 
 def targets(res):
@@ -339,7 +359,7 @@ def chart_svg(rows):
         y = top + i * (bar_h + gap)
         x0, x1 = x(1), x(r)
         color = "#2a9d4b" if r <= 1 else "#d1495b"
-        label = f"{group.split('_', 1)[0]} {t.name} vs {p.name}"
+        label = f"{GROUPS[group].split('.', 1)[0]}. {t.name} vs {p.name}"
         out.append(f'<text x="{left - 6}" y="{y + bar_h - 5}" text-anchor="end">{html.escape(label)}</text>')
         out.append(f'<rect x="{min(x0, x1):.1f}" y="{y}" width="{max(abs(x1 - x0), 1):.1f}" height="{bar_h}" fill="{color}"/>')
         tx = max(x0, x1) + 4
@@ -353,13 +373,13 @@ def main():
     criterion_dir = target_dir() / "criterion"
     load_before = loadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
+    m = machine()  # before the build: the commit that is measured
     if not no_run:
         run_benches(criterion_dir)
     load_after = loadavg()
     res = read_criterion(criterion_dir)
     py, py_meta = read_python()
     res.update(py)
-    m = machine()
     rows = ratio_rows(res)
     tg = targets(res)
 
@@ -368,7 +388,7 @@ def main():
         "",
         f"Reproduce: `{COMMAND}` (from the repository root; about 5 minutes on 2 cores).",
         "",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {m['commit']} (working tree as run)",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {m['commit']}",
         f"- Machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
         f"- Rust: {m['rustc']}; criterion 0.5, 10 samples per bench (flat sampling), mean shown",
         f"- Python: {py_meta.get('python', '?')} (multiprocessing start method: {py_meta.get('start_method', '?')})",
@@ -397,7 +417,7 @@ def main():
         "- `raw_ipc_channel`: this bench executable re-run as a child that answers each ipc-channel byte message (a task per message); pipelined = one thread sends all while another receives.",
         "- `raw_pipe`: the same child over its stdin/stdout pipes, 8 bytes each way.",
         "- `procspawn`: `procspawn::Pool` (1.0); pipelined with at most 64 handles in flight, chunks as one spawn per 1000 items.",
-        "- `raw_spawn_pipe`: start 2 raw pipe children (std `Command`, posix_spawn), one round trip each, close and reap; `raw_spawn_pipe_fork` adds a `pre_exec` hook (as twinpool does), which makes std `fork`.",
+        "- `raw_spawn_pipe`: start 2 raw pipe children (std `Command`, posix_spawn), one round trip each, close and reap; `raw_spawn_pipe_fork` adds a `pre_exec` hook, which makes std `fork` (twinpool started its workers so until commit 5e41bd3).",
         "- `memcpy`: `copy_from_slice` of 64 MiB into a preallocated buffer.",
         "- Python: `benches/python_peer.py`, ThreadPoolExecutor / ProcessPoolExecutor with the same trivial task.",
         "",
@@ -412,7 +432,7 @@ def main():
         if start in text and end in text:
             summary = [
                 "",
-                f"Measured {started:%Y-%m-%d} on {m['nproc']} CPUs ({m['cpu']}), {m['rustc']};"
+                f"Measured {started:%Y-%m-%d} at commit {m['commit']} on {m['nproc']} CPUs ({m['cpu']}), {m['rustc']};"
                 f" reproduce with `{COMMAND}`. Details: [benches/RESULTS.md](benches/RESULTS.md).",
                 "",
                 "| target | measured | verdict |",
