@@ -13,18 +13,11 @@
 //! no edge: they end by themselves, so nothing waiting on them is doomed.
 //! Threads outside every pool never record anything and are never refused.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::Error;
-
-/// What a pool thread is doing: its pool, its name and its stack of tasks.
-struct WorkerCtx {
-    pool: u64,
-    thread: String,
-    tasks: Vec<TaskTag>,
-}
 
 /// A task's id and, for named tasks, its name: enough to describe it.
 #[derive(Clone)]
@@ -34,7 +27,14 @@ pub(crate) struct TaskTag {
 }
 
 thread_local! {
-    static WORKER: RefCell<Option<WorkerCtx>> = const { RefCell::new(None) };
+    /// The pool this thread works for; 0 off pool threads.
+    static POOL: Cell<u64> = const { Cell::new(0) };
+    /// This pool thread's name, for messages.
+    static THREAD: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The task this thread is running, innermost first when a wait runs
+    /// another task inline; null when none. It points into the task's
+    /// shared state, which outlives the `running` call that set it.
+    static CURRENT: Cell<*const TaskTag> = const { Cell::new(std::ptr::null()) };
 }
 
 /// One recorded blocking wait.
@@ -53,45 +53,44 @@ fn graph() -> MutexGuard<'static, Option<HashMap<u64, Edge>>> {
     GRAPH.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Marks the current thread as a worker of `pool` named `thread`.
+/// Marks the current thread as a worker of `pool` (ids start at 1) named
+/// `thread`.
 pub(crate) fn enter_worker(pool: u64, thread: String) {
-    WORKER.with(|w| {
-        *w.borrow_mut() = Some(WorkerCtx {
-            pool,
-            thread,
-            tasks: Vec::new(),
-        })
-    });
+    POOL.with(|p| p.set(pool));
+    THREAD.with(|t| *t.borrow_mut() = thread);
 }
 
 /// The pool this thread works for, if any.
 pub(crate) fn current_pool() -> Option<u64> {
-    WORKER.with(|w| w.borrow().as_ref().map(|c| c.pool))
+    match POOL.with(Cell::get) {
+        0 => None,
+        pool => Some(pool),
+    }
 }
 
-/// Runs `f` as task `tag` on this thread (no-op bookkeeping off pool threads).
-pub(crate) fn running<R>(tag: TaskTag, f: impl FnOnce() -> R) -> R {
-    let pushed = WORKER.with(|w| match w.borrow_mut().as_mut() {
-        Some(ctx) => {
-            ctx.tasks.push(tag);
-            true
-        }
-        None => false,
-    });
-    struct Pop(bool);
-    impl Drop for Pop {
+/// Runs `f` as task `tag` on this thread: a blocking wait inside `f` is
+/// recorded as this task's. Cheap: a pointer is set and restored.
+pub(crate) fn running<R>(tag: &TaskTag, f: impl FnOnce() -> R) -> R {
+    struct Restore(*const TaskTag);
+    impl Drop for Restore {
         fn drop(&mut self) {
-            if self.0 {
-                WORKER.with(|w| {
-                    if let Some(ctx) = w.borrow_mut().as_mut() {
-                        ctx.tasks.pop();
-                    }
-                });
-            }
+            CURRENT.with(|c| c.set(self.0));
         }
     }
-    let _pop = Pop(pushed);
+    let _restore = Restore(CURRENT.with(|c| c.replace(tag)));
     f()
+}
+
+/// The task this pool thread is running, described for messages.
+fn current_task() -> Option<(u64, String)> {
+    if current_pool().is_none() {
+        return None;
+    }
+    let tag = CURRENT.with(Cell::get);
+    // SAFETY: a non-null CURRENT was set by `running`, which is still on
+    // this thread's stack, and points into state its caller keeps alive.
+    let tag = unsafe { tag.as_ref() }?;
+    Some((tag.id, THREAD.with(|t| describe(tag, &t.borrow()))))
 }
 
 /// Removes the edge of a wait when the wait ends.
@@ -121,11 +120,7 @@ fn describe(tag: &TaskTag, thread: &str) -> String {
 /// block (drop the guard when it ends) and `Err(Deadlock)` when it never could
 /// end.
 pub(crate) fn begin_wait(targets: &[u64], all: bool) -> Result<Option<WaitGuard>, Error> {
-    let me = WORKER.with(|w| {
-        w.borrow()
-            .as_ref()
-            .and_then(|ctx| ctx.tasks.last().map(|t| (t.id, describe(t, &ctx.thread))))
-    });
+    let me = current_task();
     let Some((me, who)) = me else {
         return Ok(None);
     };

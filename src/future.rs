@@ -56,11 +56,36 @@ enum State<T> {
 
 struct Inner<T> {
     state: State<T>,
+    /// Callbacks, watchers and a waker: most futures never have any, so
+    /// they live in a box made on first use, which keeps every task small.
+    extras: Option<Box<Extras<T>>>,
+    /// Threads blocked on the condvar; completion skips the notify when 0.
+    sleepers: u32,
+}
+
+struct Extras<T> {
     callbacks: Vec<Callback<T>>,
     watchers: Vec<(u64, Watcher)>,
     waker: Option<Waker>,
-    /// Threads blocked on the condvar; completion skips the notify when 0.
-    sleepers: u32,
+}
+
+impl<T> Inner<T> {
+    fn extras(&mut self) -> &mut Extras<T> {
+        self.extras.get_or_insert_with(|| {
+            Box::new(Extras {
+                callbacks: Vec::new(),
+                watchers: Vec::new(),
+                waker: None,
+            })
+        })
+    }
+
+    fn take_callbacks(&mut self) -> Vec<Callback<T>> {
+        match self.extras.as_mut() {
+            Some(e) => std::mem::take(&mut e.callbacks),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// Asks a process pool to stop the running task with this id.
@@ -87,6 +112,10 @@ pub(crate) trait WorkSlot<T>: Send + Sync {
     /// # Safety
     /// Only the thread that moved the task out of `Pending` may call it.
     unsafe fn discard(&self);
+    /// For process tasks: how to stop the task once it runs.
+    fn stopper(&self) -> Option<&Stopper> {
+        None
+    }
 }
 
 /// A thread task's closure.
@@ -114,9 +143,10 @@ where
     }
 }
 
-/// A process task has no work here: its worker runs it.
+/// A process task has no work here: its worker runs it. It holds how to
+/// stop it.
 #[cfg_attr(not(feature = "process"), allow(dead_code))]
-pub(crate) struct Remote;
+pub(crate) struct Remote(Stopper);
 
 impl<T> WorkSlot<T> for Remote {
     fn has_work(&self) -> bool {
@@ -126,6 +156,9 @@ impl<T> WorkSlot<T> for Remote {
         None
     }
     unsafe fn discard(&self) {}
+    fn stopper(&self) -> Option<&Stopper> {
+        Some(&self.0)
+    }
 }
 
 /// The state one task shares between its `Future` and whoever runs it, and
@@ -134,8 +167,6 @@ impl<T> WorkSlot<T> for Remote {
 pub(crate) struct Shared<T, W: ?Sized = dyn WorkSlot<T>> {
     tag: TaskTag,
     pool: u64,
-    /// For process tasks: how to stop it once it runs.
-    stopper: Option<Stopper>,
     inner: Mutex<Inner<T>>,
     cond: Condvar,
     /// Set (under the lock) when the task ends, so a waiter can spin on it
@@ -178,7 +209,6 @@ impl<T: Send + 'static> Shared<T> {
         Arc::new(Shared::build(
             pool,
             name,
-            None,
             Closure(UnsafeCell::new(Some(work))),
         ))
     }
@@ -186,24 +216,21 @@ impl<T: Send + 'static> Shared<T> {
     /// A new pending process task that `stopper` can stop while it runs.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn remote(pool: u64, name: Option<Arc<str>>, stopper: Stopper) -> Arc<Self> {
-        Arc::new(Shared::build(pool, name, Some(stopper), Remote))
+        Arc::new(Shared::build(pool, name, Remote(stopper)))
     }
 }
 
 impl<T, W> Shared<T, W> {
-    fn build(pool: u64, name: Option<Arc<str>>, stopper: Option<Stopper>, work: W) -> Self {
+    fn build(pool: u64, name: Option<Arc<str>>, work: W) -> Self {
         Shared {
             tag: TaskTag {
                 id: NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
                 name,
             },
             pool,
-            stopper,
             inner: Mutex::new(Inner {
                 state: State::Pending,
-                callbacks: Vec::new(),
-                watchers: Vec::new(),
-                waker: None,
+                extras: None,
                 sleepers: 0,
             }),
             cond: Condvar::new(),
@@ -262,7 +289,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// Runs the work this thread claimed, catching a panic, and completes
     /// the future.
     fn run_claimed(&self, finishing: &dyn Fn()) {
-        let outcome = deadlock::running(self.tag.clone(), || {
+        let outcome = deadlock::running(&self.tag, || {
             // SAFETY: the caller claimed the task, so this thread alone may
             // touch its work, and it does so once.
             catch_unwind(AssertUnwindSafe(|| unsafe { self.work.run() }))
@@ -290,8 +317,11 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             finishing();
             return;
         }
-        while !g.callbacks.is_empty() {
-            let callbacks = std::mem::take(&mut g.callbacks);
+        loop {
+            let callbacks = g.take_callbacks();
+            if callbacks.is_empty() {
+                break;
+            }
             drop(g);
             run_callbacks(callbacks, &result);
             g = self.lock();
@@ -307,8 +337,11 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         if g.sleepers > 0 {
             self.cond.notify_all();
         }
-        let watchers = std::mem::take(&mut g.watchers);
-        let waker = g.waker.take();
+        let Some(extras) = g.extras.as_mut() else {
+            return;
+        };
+        let watchers = std::mem::take(&mut extras.watchers);
+        let waker = extras.waker.take();
         drop(g);
         for (_, w) in watchers {
             w();
@@ -325,7 +358,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         if !matches!(g.state, State::Pending) {
             return matches!(g.state, State::Cancelled);
         }
-        let callbacks = std::mem::take(&mut g.callbacks);
+        let callbacks = g.take_callbacks();
         self.ended.store(true, Ordering::Release);
         g.state = if err == Error::Cancelled {
             State::Cancelled
@@ -450,13 +483,15 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         if g.state.is_done() {
             return false;
         }
-        g.watchers.push((key, w));
+        g.extras().watchers.push((key, w));
         true
     }
 
     /// Forgets the watcher registered under `key`.
     pub(crate) fn unwatch(&self, key: u64) {
-        self.lock().watchers.retain(|(k, _)| *k != key);
+        if let Some(e) = self.lock().extras.as_mut() {
+            e.watchers.retain(|(k, _)| *k != key);
+        }
     }
 
     /// Moves the result out of a finished future.
@@ -612,7 +647,7 @@ impl<T: Send + 'static> Future<T> {
         if self.cancel() {
             return true;
         }
-        match (&self.shared.stopper, self.running()) {
+        match (self.shared.work.stopper(), self.running()) {
             (Some(stop), true) => {
                 stop(self.shared.tag.id);
                 true
@@ -653,7 +688,7 @@ impl<T: Send + 'static> Future<T> {
     {
         let mut g = self.shared.lock();
         match &g.state {
-            State::Pending | State::Running => g.callbacks.push(Box::new(f)),
+            State::Pending | State::Running => g.extras().callbacks.push(Box::new(f)),
             State::Cancelled => {
                 drop(g);
                 run_callback(Box::new(f), &Err(Error::Cancelled));
@@ -668,15 +703,18 @@ impl<T: Send + 'static> Future<T> {
                 run_callback(Box::new(f), &r);
                 // Callbacks added while the result was lent run here too.
                 let mut g = self.shared.lock();
-                while !g.callbacks.is_empty() {
-                    let callbacks = std::mem::take(&mut g.callbacks);
+                loop {
+                    let callbacks = g.take_callbacks();
+                    if callbacks.is_empty() {
+                        break;
+                    }
                     drop(g);
                     run_callbacks(callbacks, &r);
                     g = self.shared.lock();
                 }
                 g.state = State::Finished(r);
             }
-            State::Lent { .. } => g.callbacks.push(Box::new(f)),
+            State::Lent { .. } => g.extras().callbacks.push(Box::new(f)),
             State::Taken => {
                 drop(g);
                 run_callback(
@@ -699,9 +737,10 @@ impl<T: Send + 'static> std::future::Future for Future<T> {
         if g.state.is_done() {
             return Poll::Ready(shared.take(&mut g));
         }
-        match &g.waker {
+        let extras = g.extras();
+        match &extras.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => g.waker = Some(cx.waker().clone()),
+            _ => extras.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
