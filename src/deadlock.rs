@@ -83,9 +83,7 @@ pub(crate) fn running<R>(tag: &TaskTag, f: impl FnOnce() -> R) -> R {
 
 /// The task this pool thread is running, described for messages.
 fn current_task() -> Option<(u64, String)> {
-    if current_pool().is_none() {
-        return None;
-    }
+    current_pool()?;
     let tag = CURRENT.with(Cell::get);
     // SAFETY: a non-null CURRENT was set by `running`, which is still on
     // this thread's stack, and points into state its caller keeps alive.
