@@ -20,6 +20,7 @@ fn tasks() -> Registry {
         .register("len", |v: Vec<u8>| v.len() as u64)
         .register("bytes", |n: u64| vec![7u8; n as usize])
         .register("echo_string", |s: String| s)
+        .register("echo_bytes", |b: Vec<u8>| b)
         .register("panic", |msg: String| -> u64 { panic!("{msg}") })
         .register("noisy", |n: u32| {
             for i in 0..n {
@@ -100,6 +101,29 @@ fn chunked_map_in_order() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(out, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+/// Many big tasks and answers in flight on two workers at once, so requests
+/// and answers fill the sockets both ways. A send that waits for a worker
+/// must never keep that worker's answers from being read. (The deadlock
+/// this guards against showed in release builds with a 1M-item chunked map;
+/// this debug-build test did not catch that version, so it stands as a
+/// stress test.) The map's timeout turns a hang into a failure.
+fn full_sockets_both_ways_do_not_deadlock() {
+    let ex = pool(2);
+    let opts = MapOptions {
+        timeout: Some(LONG),
+        ..Default::default()
+    };
+    let items = (0..600u32).map(|i| vec![i as u8; 200_000]);
+    let out = ex
+        .map_named_with::<Vec<u8>, Vec<u8>, _>("echo_bytes", items, opts)
+        .unwrap();
+    for (i, r) in out.enumerate() {
+        let v = r.unwrap();
+        assert_eq!(v.len(), 200_000);
+        assert_eq!(v[0], i as u8);
+    }
 }
 
 fn chunked_map_stops_at_panic() {
@@ -461,6 +485,10 @@ fn main() {
         ),
         ("named_map_in_order", named_map_in_order),
         ("chunked_map_in_order", chunked_map_in_order),
+        (
+            "full_sockets_both_ways_do_not_deadlock",
+            full_sockets_both_ways_do_not_deadlock,
+        ),
         ("chunked_map_stops_at_panic", chunked_map_stops_at_panic),
         ("buffered_map_infinite_input", buffered_map_infinite_input),
         (

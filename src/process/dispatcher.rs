@@ -137,28 +137,17 @@ impl Queued {
         }
     }
 
-    /// Writes this task into `w`, first sending its payload's shared-memory
-    /// segment, if it has one, on the lane's side channel.
-    fn send_into(&self, w: &mut Writer, big: &IpcSender<IpcSharedMemory>) {
+    /// Its payload's shared-memory segment, if it has one.
+    fn segment(&self) -> Option<&IpcSharedMemory> {
         let (Payload::One(p) | Payload::Chunk(p)) = &self.payload;
-        if let Some(segment) = p.segment() {
-            // If the worker is gone, its death is reported and the task is
-            // sent again.
-            let _ = big.send(segment.clone());
-        }
-        self.write(w);
+        p.segment()
     }
 }
 
-/// The sending side of one worker, shared by the dispatcher, the worker's
-/// reader and submitters (which send straight to an idle worker): the tasks
-/// sent and not yet answered, oldest (the one running) first, and the
-/// channel. A task is pushed and its frame sent under one lock, so the
-/// worker runs tasks in this order.
+/// What the dispatcher, the worker's reader and submitters (which send
+/// straight to an idle worker) share of one worker: the tasks sent and not
+/// yet answered, oldest (the one running) first.
 struct LaneState {
-    requests: IpcBytesSender,
-    /// The side channel for the shared-memory segments of big payloads.
-    big: IpcSender<IpcSharedMemory>,
     tasks: VecDeque<Queued>,
     /// When the oldest task started: when its predecessor's answer came, or
     /// when it was sent to an idle worker.
@@ -169,14 +158,64 @@ struct LaneState {
     open: bool,
 }
 
-/// A worker's lane and its tasks' running average, in µs (`u32::MAX` until
-/// the first answer).
+/// A worker's channels: frames, and the side channel for the
+/// shared-memory segments of big payloads.
+struct LaneOut {
+    requests: IpcBytesSender,
+    big: IpcSender<IpcSharedMemory>,
+}
+
+/// One worker's lane: its tasks in flight, its channels, and its tasks'
+/// running average, in µs (`u32::MAX` until the first answer).
+///
+/// Two locks, taken in this order: `out` for as long as a send lasts, so
+/// tasks reach the worker in the order they are recorded; `state` only
+/// while recording. The reader needs only `state`, so it keeps draining
+/// answers while a send waits for the worker to read (the worker reads only
+/// once its answers have gone out).
 pub(crate) struct Lane {
     state: Mutex<LaneState>,
+    out: Mutex<LaneOut>,
     avg_micros: AtomicU32,
 }
 
 impl Lane {
+    /// Records `batch` as in flight on this worker and sends it; the caller
+    /// holds `out` (see [`Lane`]).
+    fn send(&self, out: &LaneOut, batch: Vec<Queued>) {
+        let mut frames = Vec::new();
+        let mut segments = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut w = Writer::default();
+            for q in batch {
+                segments.extend(q.segment().cloned());
+                q.write(&mut w);
+                st.push(q);
+                st.sent += 1;
+                if w.len() >= FRAME_BYTES {
+                    frames.push(w.take());
+                }
+            }
+            if !w.is_empty() {
+                frames.push(w.take());
+            }
+        }
+        // Segments go first: the worker takes them in the order the frames
+        // name them. If the worker is gone, its reader reports the death
+        // and these tasks are sent again.
+        for segment in segments {
+            let _ = out.big.send(segment);
+        }
+        for frame in frames {
+            let _ = out.requests.send(&frame);
+        }
+    }
+
+    fn out(&self) -> MutexGuard<'_, LaneOut> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock(&self) -> MutexGuard<'_, LaneState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -197,22 +236,20 @@ pub(crate) type Lanes = Arc<RwLock<Vec<Arc<Lane>>>>;
 pub(crate) fn send_direct(lanes: &Lanes, max_tasks: usize, q: Queued) -> Result<(), Queued> {
     let lanes = lanes.read().unwrap_or_else(PoisonError::into_inner);
     for lane in lanes.iter() {
-        let Ok(mut st) = lane.state.try_lock() else {
+        let Ok(out) = lane.out.try_lock() else {
             continue;
         };
-        if !st.open || !st.tasks.is_empty() || st.sent >= max_tasks {
+        let idle = {
+            let st = lane.lock();
+            st.open && st.tasks.is_empty() && st.sent < max_tasks
+        };
+        if !idle {
             continue;
         }
         if !q.job.claim() {
             return Ok(()); // cancelled already: it never runs
         }
-        let mut w = Writer::default();
-        q.send_into(&mut w, &st.big);
-        st.push(q);
-        st.sent += 1;
-        // If the worker is gone, its reader reports the death and the task
-        // is sent again.
-        let _ = st.requests.send(&w.take());
+        lane.send(&out, vec![q]);
         return Ok(());
     }
     Err(q)
@@ -371,9 +408,11 @@ impl Dispatcher {
         self.next_generation += 1;
         let generation = self.next_generation;
         let lane = Arc::new(Lane {
-            state: Mutex::new(LaneState {
+            out: Mutex::new(LaneOut {
                 requests: hello.requests,
                 big: hello.big_requests,
+            }),
+            state: Mutex::new(LaneState {
                 tasks: VecDeque::new(),
                 head_started: None,
                 sent: 0,
@@ -406,7 +445,7 @@ impl Dispatcher {
                 payload: payload.clone(),
             });
             // A failure to send shows up as the worker's death.
-            let _ = lane.lock().requests.send(&w.take());
+            let _ = lane.out().requests.send(&w.take());
         }
         self.lanes
             .write()
@@ -551,8 +590,11 @@ impl Dispatcher {
                 let not_started = Error::Killed {
                     how: "Future::kill, before it started".into(),
                 };
-                if let Some(q) = in_flight.tasks.get(pos) {
-                    q.job.fail(not_started);
+                let job = in_flight.tasks.get(pos).map(|q| q.job.clone());
+                // Its callbacks run without the lane's lock.
+                drop(in_flight);
+                if let Some(job) = job {
+                    job.fail(not_started);
                 }
                 return;
             }
@@ -683,21 +725,7 @@ impl Dispatcher {
             if batch.is_empty() {
                 continue;
             }
-            let mut st = lane.lock();
-            let mut w = Writer::default();
-            for q in batch {
-                q.send_into(&mut w, &st.big);
-                st.push(q);
-                st.sent += 1;
-                if w.len() >= FRAME_BYTES {
-                    let _ = st.requests.send(&w.take());
-                }
-            }
-            // If the worker is gone, its reader reports the death and these
-            // tasks are sent again.
-            if !w.is_empty() {
-                let _ = st.requests.send(&w.take());
-            }
+            lane.send(&lane.out(), batch);
         }
     }
 
@@ -803,7 +831,8 @@ impl Dispatcher {
             if let Some(reader) = s.reader.take() {
                 let _ = reader.join();
             }
-            for q in s.lane.lock().drain() {
+            let left = s.lane.lock().drain();
+            for q in left {
                 q.job.fail(Error::WorkerDied {
                     pid: s.pid,
                     status: "was stopped at shutdown".into(),
@@ -816,7 +845,7 @@ impl Dispatcher {
 fn send_exit(s: &Slot) {
     let mut exit = Writer::default();
     exit.request(&Request::Exit);
-    let _ = s.lane.lock().requests.send(&exit.take());
+    let _ = s.lane.out().requests.send(&exit.take());
 }
 
 /// Asks a worker to exit, reaps it (killing it if it does not exit in
