@@ -69,9 +69,12 @@ pub fn serve_if_worker(registry: &Registry) {
 /// Asks the kernel to kill this worker when the pool's thread that started
 /// it ends, so a killed pool leaves no worker behind; exits at once if the
 /// pool is already gone.
+/// (Elsewhere than Linux there is no parent-death signal; the worker still
+/// exits when the pool's channel closes.)
 fn die_with_parent(parent: Option<i32>) {
     // SAFETY: prctl and getppid touch no memory of ours.
     unsafe {
+        #[cfg(target_os = "linux")]
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if parent.is_some_and(|p| libc::getppid() != p) {
             std::process::exit(1);
