@@ -483,12 +483,22 @@ impl Builder {
         self
     }
 
-    /// A process pool of `n` worker processes (default when `n` is not
-    /// given: `available_parallelism`). Needs a [`registry`](Self::registry).
+    /// A process pool of `n` worker processes. Needs a
+    /// [`registry`](Self::registry).
     #[cfg(feature = "process")]
     pub fn processes(mut self, n: usize) -> Builder {
         self.kind = Kind::Processes;
         self.workers = Some(n);
+        self
+    }
+
+    /// A process pool of one worker process per CPU
+    /// (`available_parallelism`), the default of Python's
+    /// `ProcessPoolExecutor()`. Needs a [`registry`](Self::registry).
+    #[cfg(feature = "process")]
+    pub fn processes_per_cpu(mut self) -> Builder {
+        self.kind = Kind::Processes;
+        self.workers = None;
         self
     }
 

@@ -432,6 +432,23 @@ fn shutdown_refuses_and_callbacks_run() {
     );
 }
 
+fn processes_per_cpu_is_the_default_size() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let ex = Executor::builder()
+        .processes_per_cpu()
+        .registry(tasks())
+        .build()
+        .unwrap();
+    assert_eq!(ex.max_workers(), cpus);
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 3)
+            .unwrap()
+            .result_timeout(LONG)
+            .unwrap(),
+        9
+    );
+}
+
 fn registry_on_the_thread_back_end() {
     let ex = Executor::builder()
         .threads(2)
@@ -540,6 +557,10 @@ fn main() {
         (
             "shutdown_refuses_and_callbacks_run",
             shutdown_refuses_and_callbacks_run,
+        ),
+        (
+            "processes_per_cpu_is_the_default_size",
+            processes_per_cpu_is_the_default_size,
         ),
         (
             "registry_on_the_thread_back_end",
