@@ -228,7 +228,10 @@ impl ProcessPool {
             entry.name.clone(),
             payload,
             limit.or(self.task_timeout),
-            Arc::new(OneJob(shared)),
+            Arc::new(RemoteTask {
+                shared,
+                decode: one_result::<R>,
+            }),
         ))?;
         Ok(future)
     }
@@ -255,7 +258,10 @@ impl ProcessPool {
             entry.name.clone(),
             payloads,
             self.task_timeout,
-            Arc::new(ChunkJob(shared)),
+            Arc::new(RemoteTask {
+                shared,
+                decode: chunk_result::<R>,
+            }),
         ))?;
         Ok(future)
     }
@@ -343,8 +349,12 @@ fn not_the_answer(name: &str) -> Error {
     }
 }
 
-struct OneJob<R>(Arc<Shared<R>>);
-struct ChunkJob<R>(Arc<Shared<Chunk<R>>>);
+/// A process task: its future's state, and how its answer becomes its
+/// result ([`one_result`] or [`chunk_result`]).
+struct RemoteTask<T> {
+    shared: Arc<Shared<T>>,
+    decode: fn(Answer, &str) -> Result<T, Error>,
+}
 
 /// The result an outcome stands for.
 fn decode_outcome<R: DeserializeOwned + 'static>(outcome: Outcome, name: &str) -> Result<R, Error> {
@@ -363,68 +373,52 @@ fn decode_outcome<R: DeserializeOwned + 'static>(outcome: Outcome, name: &str) -
     }
 }
 
-fn fail<T: Send + 'static>(shared: &Shared<T>, err: Error) {
-    if !shared.cancel_with(err.clone()) {
-        shared.complete(Err(err));
+impl<T: Send + 'static> RemoteJob for RemoteTask<T> {
+    fn id(&self) -> u64 {
+        self.shared.id()
+    }
+    fn claim(&self) -> bool {
+        self.shared.claim_remote()
+    }
+    fn cancel(&self) -> bool {
+        self.shared.cancel_with(Error::Cancelled)
+    }
+    fn fail(&self, err: Error) {
+        if !self.shared.cancel_with(err.clone()) {
+            self.shared.complete(Err(err));
+        }
+    }
+    fn finish(&self, answer: Answer) {
+        let name = self.shared.name();
+        self.shared.complete((self.decode)(answer, &name));
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> RemoteJob for OneJob<R> {
-    fn id(&self) -> u64 {
-        self.0.id()
-    }
-    fn claim(&self) -> bool {
-        self.0.claim_remote()
-    }
-    fn cancel(&self) -> bool {
-        self.0.cancel_with(Error::Cancelled)
-    }
-    fn fail(&self, err: Error) {
-        fail(&self.0, err)
-    }
-    fn finish(&self, answer: Answer) {
-        let name = self.0.name();
-        let result = match answer {
-            Answer::One(Ok(bytes)) => {
-                codec::decode(&bytes, || format!("the result of task {name:?}"))
-            }
-            Answer::One(Err(o)) => decode_outcome(o, &name),
-            Answer::Chunk { .. } => Err(not_the_answer(&name)),
-        };
-        self.0.complete(result);
+/// The result of a single task.
+fn one_result<R: DeserializeOwned + 'static>(answer: Answer, name: &str) -> Result<R, Error> {
+    match answer {
+        Answer::One(Ok(bytes)) => codec::decode(&bytes, || format!("the result of task {name:?}")),
+        Answer::One(Err(o)) => decode_outcome(o, name),
+        Answer::Chunk { .. } => Err(not_the_answer(name)),
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> RemoteJob for ChunkJob<R> {
-    fn id(&self) -> u64 {
-        self.0.id()
-    }
-    fn claim(&self) -> bool {
-        self.0.claim_remote()
-    }
-    fn cancel(&self) -> bool {
-        self.0.cancel_with(Error::Cancelled)
-    }
-    fn fail(&self, err: Error) {
-        fail(&self.0, err)
-    }
-    fn finish(&self, answer: Answer) {
-        let name = self.0.name();
-        let Answer::Chunk { results, failure } = answer else {
-            self.0.complete(Err(not_the_answer(&name)));
-            return;
-        };
-        let results = codec::decode_seq::<R>(&results, || format!("the results of task {name:?}"));
-        let chunk = match results {
-            Ok(values) => {
-                let mut chunk: Chunk<R> = values.into_iter().map(Ok).collect();
-                if let Some(f) = failure {
-                    chunk.push(decode_outcome::<R>(f, &name));
-                }
-                chunk
-            }
-            Err(e) => vec![Err(e)],
-        };
-        self.0.complete(Ok(chunk));
-    }
+/// The results of a chunk: those of the items that succeeded, then the
+/// first failure.
+fn chunk_result<R: DeserializeOwned + 'static>(
+    answer: Answer,
+    name: &str,
+) -> Result<Chunk<R>, Error> {
+    let Answer::Chunk { results, failure } = answer else {
+        return Err(not_the_answer(name));
+    };
+    let values = codec::decode_seq::<R>(&results, || format!("the results of task {name:?}"));
+    Ok(match values {
+        Ok(values) => {
+            let mut chunk: Chunk<R> = values.into_iter().map(Ok).collect();
+            chunk.extend(failure.map(|f| decode_outcome::<R>(f, name)));
+            chunk
+        }
+        Err(e) => vec![Err(e)],
+    })
 }
