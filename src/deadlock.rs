@@ -20,7 +20,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::Error;
 
 /// A task's id and, for named tasks, its name: enough to describe it.
-#[derive(Clone)]
 pub(crate) struct TaskTag {
     pub(crate) id: u64,
     pub(crate) name: Option<std::sync::Arc<str>>,
@@ -132,7 +131,7 @@ pub(crate) fn begin_wait(targets: &[u64], all: bool) -> Result<Option<WaitGuard>
     }
     .wait_is_doomed(all, targets);
     if let Some(path) = doomed {
-        let mut cycle = who.clone();
+        let mut cycle = who;
         for (i, id) in path.iter().enumerate() {
             let sep = if i == 0 {
                 " waits for "
