@@ -160,8 +160,8 @@ impl Executor {
     {
         match &self.inner.backend {
             Backend::Threads(pool) => {
-                let shared = Shared::new(pool.id(), name, work);
-                pool.submit(shared.clone())?;
+                let (shared, job) = Shared::new(pool.id(), name, work);
+                pool.submit(job)?;
                 Ok(Future::new(shared))
             }
             #[cfg(feature = "process")]

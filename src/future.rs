@@ -20,12 +20,13 @@
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::deadlock::{self, TaskTag};
+use crate::recycle::{self, Counted};
 use crate::Error;
 
 /// The work of a thread-pool task, when it has to be boxed.
@@ -164,7 +165,12 @@ impl<T> WorkSlot<T> for Remote {
 /// The state one task shares between its `Future` and whoever runs it, and
 /// the task's work itself (`W`: a [`Closure`] or [`Remote`], erased to
 /// `dyn WorkSlot<T>` once built).
+///
+/// `repr(C)` with the count first: see [`recycle::place`].
+#[repr(C)]
 pub(crate) struct Shared<T, W: ?Sized = dyn WorkSlot<T>> {
+    /// The count of [`Counted`] handles (the future's, the queue's, ...).
+    refs: AtomicUsize,
     tag: TaskTag,
     pool: u64,
     inner: Mutex<Inner<T>>,
@@ -199,30 +205,43 @@ impl<T> State<T> {
 }
 
 impl<T: Send + 'static> Shared<T> {
-    /// A new pending thread task of `pool` that runs `work`. The `Arc`
-    /// becomes both the future's `Arc<Shared<T>>` and the queue's
-    /// `Arc<dyn Job>`.
-    pub(crate) fn new<F>(pool: u64, name: Option<Arc<str>>, work: F) -> Arc<Shared<T, Closure<F>>>
+    /// A new pending thread task of `pool` that runs `work`: two handles to
+    /// one state, the future's and the queue's.
+    pub(crate) fn new<F>(
+        pool: u64,
+        name: Option<Arc<str>>,
+        work: F,
+    ) -> (Counted<Shared<T>>, Counted<dyn Job>)
     where
         F: FnOnce() -> Result<T, Error> + Send + 'static,
     {
-        Arc::new(Shared::build(
-            pool,
-            name,
-            Closure(UnsafeCell::new(Some(work))),
-        ))
+        let work = Closure(UnsafeCell::new(Some(work)));
+        // SAFETY: `Shared` is `repr(C)` and starts with its count; two
+        // handles for a count of two.
+        unsafe {
+            let ptr = recycle::place(Shared::build(pool, name, work), 2);
+            (Counted::from_raw(ptr), Counted::from_raw(ptr))
+        }
     }
 
     /// A new pending process task that `stopper` can stop while it runs.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn remote(pool: u64, name: Option<Arc<str>>, stopper: Stopper) -> Arc<Self> {
-        Arc::new(Shared::build(pool, name, Remote(stopper)))
+    pub(crate) fn remote(pool: u64, name: Option<Arc<str>>, stopper: Stopper) -> Counted<Self> {
+        // SAFETY: `Shared` is `repr(C)` and starts with its count; one
+        // handle for a count of one.
+        unsafe {
+            Counted::from_raw(recycle::place(
+                Shared::build(pool, name, Remote(stopper)),
+                1,
+            ))
+        }
     }
 }
 
 impl<T, W> Shared<T, W> {
     fn build(pool: u64, name: Option<Arc<str>>, work: W) -> Self {
         Shared {
+            refs: AtomicUsize::new(0),
             tag: TaskTag {
                 id: NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed),
                 name,
@@ -554,7 +573,7 @@ fn run_callback<T>(cb: Callback<T>, result: &Result<T, Error>) {
 /// Dropping a `Future` does not cancel its task (as in Python); call
 /// [`cancel`](Self::cancel) for that.
 pub struct Future<T> {
-    shared: Arc<Shared<T>>,
+    shared: Counted<Shared<T>>,
 }
 
 impl<T> std::fmt::Debug for Future<T> {
@@ -566,11 +585,11 @@ impl<T> std::fmt::Debug for Future<T> {
 }
 
 impl<T: Send + 'static> Future<T> {
-    pub(crate) fn new(shared: Arc<Shared<T>>) -> Self {
+    pub(crate) fn new(shared: Counted<Shared<T>>) -> Self {
         Future { shared }
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared<T>> {
+    pub(crate) fn shared(&self) -> &Counted<Shared<T>> {
         &self.shared
     }
 

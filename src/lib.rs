@@ -45,6 +45,7 @@ mod future;
 mod map;
 #[cfg(feature = "process")]
 mod process;
+mod recycle;
 mod registry;
 mod threads;
 mod wait;

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::future::{Shared, Stopper};
 use crate::map::Chunk;
+use crate::recycle::Counted;
 use crate::registry::Entry;
 use crate::{codec, Error, Future, Registry};
 use dispatcher::{Lanes, Msg, Queued};
@@ -200,7 +201,7 @@ impl ProcessPool {
         sent
     }
 
-    fn new_shared<T: Send + 'static>(&self, entry: &Entry) -> Arc<Shared<T>> {
+    fn new_shared<T: Send + 'static>(&self, entry: &Entry) -> Counted<Shared<T>> {
         Shared::remote(self.id, Some(entry.name.clone()), self.stopper.clone())
     }
 
@@ -352,7 +353,7 @@ fn not_the_answer(name: &str) -> Error {
 /// A process task: its future's state, and how its answer becomes its
 /// result ([`one_result`] or [`chunk_result`]).
 struct RemoteTask<T> {
-    shared: Arc<Shared<T>>,
+    shared: Counted<Shared<T>>,
     decode: fn(Answer, &str) -> Result<T, Error>,
 }
 

@@ -15,12 +15,13 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::deadlock;
 use crate::future::Job;
+use crate::recycle::Counted;
 use crate::Error;
 
 /// Runs once in every worker thread before its first task.
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync>;
 
-type Queue = Arc<dyn Job>;
+type Queue = Counted<dyn Job>;
 
 /// What the pool's threads share with it.
 struct Common {
