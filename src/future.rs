@@ -45,7 +45,9 @@ enum State<T> {
     Pending,
     Running,
     Cancelled,
-    Finished(Result<T, Error>),
+    /// The error is boxed so that a task's state stays small (two cache
+    /// lines for small results); only failures pay for the box.
+    Finished(Result<T, Box<Error>>),
     /// Finished, with the result lent out to a done-callback added after the
     /// end, which runs outside the lock (`failed`: the result is an `Err`).
     Lent {
@@ -346,7 +348,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             g = self.lock();
         }
         finishing();
-        g.state = State::Finished(result);
+        g.state = State::Finished(result.map_err(Box::new));
         self.ended.store(true, Ordering::Release);
         self.wake_all(g);
     }
@@ -382,7 +384,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         g.state = if err == Error::Cancelled {
             State::Cancelled
         } else {
-            State::Finished(Err(err.clone()))
+            State::Finished(Err(Box::new(err.clone())))
         };
         self.wake_all(g);
         // The work may own anything, even the last handle of an executor:
@@ -516,7 +518,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// Moves the result out of a finished future.
     fn take(&self, g: &mut Inner<T>) -> Result<T, Error> {
         match std::mem::replace(&mut g.state, State::Taken) {
-            State::Finished(r) => r,
+            State::Finished(r) => r.map_err(|e| *e),
             State::Cancelled => {
                 g.state = State::Cancelled;
                 Err(Error::Cancelled)
@@ -718,6 +720,7 @@ impl<T: Send + 'static> Future<T> {
                 else {
                     return;
                 };
+                let r = r.map_err(|e| *e);
                 drop(g);
                 run_callback(Box::new(f), &r);
                 // Callbacks added while the result was lent run here too.
@@ -731,7 +734,7 @@ impl<T: Send + 'static> Future<T> {
                     run_callbacks(callbacks, &r);
                     g = self.shared.lock();
                 }
-                g.state = State::Finished(r);
+                g.state = State::Finished(r.map_err(Box::new));
             }
             State::Lent { .. } => g.extras().callbacks.push(Box::new(f)),
             State::Taken => {
@@ -770,4 +773,23 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trivial task's state (result, closure and all) fits in two cache
+    /// lines, the 128-byte class of [`crate::recycle`].
+    #[test]
+    fn a_small_task_state_fits_in_two_cache_lines() {
+        fn state_of<F: FnOnce() -> Result<u64, Error> + Send + 'static>(f: F) -> usize {
+            let (shared, job) = Shared::new(0, None, f);
+            drop(job);
+            std::mem::size_of_val(&*shared)
+        }
+        let n = 7u64;
+        let size = state_of(move || Ok(n + 1));
+        assert!(size <= 128, "a u64 task's state takes {size} bytes");
+    }
 }

@@ -7,6 +7,7 @@
 //! and empty. Shutdown closes the queue; threads finish what is queued (or it
 //! is cancelled first) and exit.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -204,8 +205,15 @@ impl Worker {
                 // Idle from just before the result is published: a caller
                 // that gets the result and submits again must find this
                 // thread idle, not start another one.
+                // Once the pool is full nobody counts idle threads; this
+                // thread then stops reading `full` too, so that its cache
+                // line, which a submit writes, is not bounced per task.
+                let full = Cell::new(false);
                 let idle = || {
-                    if !self.common.full.load(Ordering::Relaxed) {
+                    if full.get() {
+                    } else if self.common.full.load(Ordering::Relaxed) {
+                        full.set(true);
+                    } else {
                         self.common.idle.fetch_add(1, Ordering::AcqRel);
                     }
                 };
