@@ -161,7 +161,7 @@ impl Executor {
         match &self.inner.backend {
             Backend::Threads(pool) => {
                 let (shared, job) = Shared::new(pool.id(), name, work);
-                pool.submit(job)?;
+                pool.submit(job, || shared.cancel_with(Error::Cancelled))?;
                 Ok(Future::new(shared))
             }
             #[cfg(feature = "process")]

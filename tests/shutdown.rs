@@ -316,3 +316,44 @@ fn executor_used_like_pythons_with_block() {
     });
     assert_eq!(results, [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]);
 }
+
+/// Submits that race a shutdown (once every thread has started, a submit
+/// takes no lock) are either refused with `Shutdown` or run: none is left
+/// queued behind the threads' stop marks with a future that never ends.
+#[test]
+fn submits_racing_a_shutdown_are_refused_or_run() {
+    for round in 0..50 {
+        let ex = Executor::threads(2);
+        // Start both threads so that later submits take the lock-free path.
+        let warm: Vec<_> = (0..2).map(|i| ex.submit(move || i).unwrap()).collect();
+        for f in warm {
+            f.result().unwrap();
+        }
+        let start = Arc::new(std::sync::Barrier::new(3));
+        let submitters: Vec<_> = (0..2)
+            .map(|_| {
+                let ex = ex.clone();
+                let start = start.clone();
+                thread::spawn(move || {
+                    start.wait();
+                    let mut accepted = Vec::new();
+                    for i in 0..2_000usize {
+                        match ex.submit(move || i) {
+                            Ok(f) => accepted.push((i, f)),
+                            Err(Error::Shutdown) => break,
+                            Err(e) => panic!("round {round}: unexpected {e}"),
+                        }
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        start.wait();
+        ex.shutdown(false, false);
+        for s in submitters {
+            for (i, f) in s.join().unwrap() {
+                assert_eq!(f.result_timeout(LONG), Ok(i), "round {round}, task {i}");
+            }
+        }
+    }
+}

@@ -3,9 +3,15 @@
 //!
 //! Threads start lazily, as in Python 3.8+: a submit starts a new thread only
 //! when no started thread is idle and fewer than `max_workers` exist. Each
-//! thread runs the initializer once, then takes jobs until the queue is closed
-//! and empty. Shutdown closes the queue; threads finish what is queued (or it
-//! is cancelled first) and exit.
+//! thread runs the initializer once, then takes jobs until it takes a stop
+//! mark. Shutdown marks the pool closed and queues one stop mark per thread
+//! behind the queued jobs; threads finish what is queued (or it is cancelled
+//! first) and exit.
+//!
+//! Once every thread has started, a submit takes no lock: it checks the
+//! closed flag, queues, and checks the flag again. A job that lands behind
+//! the stop marks (shutdown raced the submit) is cancelled by its submitter,
+//! which then reports `Shutdown`, as a submit after shutdown does.
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,7 +28,8 @@ use crate::Error;
 /// Runs once in every worker thread before its first task.
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync>;
 
-type Queue = Counted<dyn Job>;
+/// A job, or `None`: the mark that tells one thread to exit.
+type Queue = Option<Counted<dyn Job>>;
 
 /// What the pool's threads share with it.
 struct Common {
@@ -30,18 +37,20 @@ struct Common {
     /// semaphore): a submit that can take one starts no thread.
     idle: AtomicUsize,
     /// Set once `max_workers` threads have started: from then on nobody
-    /// counts idle threads, which keeps a shared counter off the hot path.
+    /// counts idle threads, and a submit takes no lock.
     full: AtomicBool,
+    /// Set by shutdown, before the stop marks are queued.
+    closed: AtomicBool,
     state: Mutex<State>,
     /// Signalled when a thread exits.
     exited: Condvar,
 }
 
 struct State {
-    /// `None` once shut down: the queue is closed.
-    tx: Option<Sender<Queue>>,
     /// Why the pool broke, once it has.
     broken: Option<String>,
+    /// True once shutdown has queued one stop mark per started thread.
+    marked: bool,
     started: usize,
     alive: usize,
 }
@@ -52,6 +61,7 @@ pub(crate) struct ThreadPool {
     max_workers: usize,
     prefix: String,
     initializer: Option<Initializer>,
+    tx: Sender<Queue>,
     rx: Receiver<Queue>,
     common: Arc<Common>,
 }
@@ -75,13 +85,15 @@ impl ThreadPool {
             max_workers,
             prefix,
             initializer,
+            tx,
             rx,
             common: Arc::new(Common {
                 idle: AtomicUsize::new(0),
                 full: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
                 state: Mutex::new(State {
-                    tx: Some(tx),
                     broken: None,
+                    marked: false,
                     started: 0,
                     alive: 0,
                 }),
@@ -91,18 +103,74 @@ impl ThreadPool {
     }
 
     /// Queues `job`, starting a thread if none is idle and there is room.
-    pub(crate) fn submit(&self, job: Queue) -> Result<(), Error> {
+    ///
+    /// `cancel` cancels the job if it has not started; it is called when a
+    /// shutdown raced this submit, so that the job is not left behind the
+    /// stop marks (the submit then fails as one after shutdown does).
+    pub(crate) fn submit(
+        &self,
+        job: Counted<dyn Job>,
+        cancel: impl FnOnce() -> bool,
+    ) -> Result<(), Error> {
+        if !self.common.full.load(Ordering::Acquire) {
+            return self.submit_starting(job);
+        }
+        if self.common.closed.load(Ordering::SeqCst) {
+            return Err(self.refusal());
+        }
+        // The receiver lives in `self`, so the queue cannot be disconnected.
+        if self.tx.send(Some(job)).is_err() {
+            return Err(Error::Shutdown);
+        }
+        // Shutdown (or a breaking thread) sets `closed` before it queues its
+        // marks or drains the queue: if it is still unset here, the job is
+        // ahead of them and will run or be failed.
+        if self.common.closed.load(Ordering::SeqCst) && cancel() {
+            return Err(self.refusal());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on every queued job, taking them out of the queue; stop
+    /// marks taken with them are queued again.
+    fn drain(rx: &Receiver<Queue>, tx: &Sender<Queue>, f: impl Fn(&dyn Job)) {
+        let mut marks = 0;
+        for item in rx.try_iter() {
+            match item {
+                Some(job) => f(&*job),
+                None => marks += 1,
+            }
+        }
+        for _ in 0..marks {
+            // Cannot fail: the receiver is alive (we just read from it).
+            let _ = tx.send(None);
+        }
+    }
+
+    /// Why a submit is refused once the pool is closed.
+    fn refusal(&self) -> Error {
+        match &self.common.lock().broken {
+            Some(reason) => Error::BrokenPool {
+                reason: reason.clone(),
+            },
+            None => Error::Shutdown,
+        }
+    }
+
+    /// The submit of a pool still starting threads: under the lock.
+    fn submit_starting(&self, job: Counted<dyn Job>) -> Result<(), Error> {
         let mut st = self.common.lock();
         if let Some(reason) = &st.broken {
             return Err(Error::BrokenPool {
                 reason: reason.clone(),
             });
         }
-        let Some(tx) = &st.tx else {
+        if self.common.closed.load(Ordering::SeqCst) {
             return Err(Error::Shutdown);
-        };
-        // The receiver lives in `self`, so the queue cannot be disconnected.
-        if tx.send(job).is_err() {
+        }
+        // Under the lock, so a shutdown or a breaking thread (which take it
+        // to close the pool) queue marks or drain after this job.
+        if self.tx.send(Some(job)).is_err() {
             return Err(Error::Shutdown);
         }
         if st.started < self.max_workers {
@@ -124,6 +192,7 @@ impl ThreadPool {
             pool: self.id,
             name: name.clone(),
             rx: self.rx.clone(),
+            tx: self.tx.clone(),
             common: self.common.clone(),
             initializer: self.initializer.clone(),
         };
@@ -135,7 +204,7 @@ impl ThreadPool {
                 st.started += 1;
                 st.alive += 1;
                 if st.started == self.max_workers {
-                    self.common.full.store(true, Ordering::Relaxed);
+                    self.common.full.store(true, Ordering::Release);
                 }
                 Ok(())
             }
@@ -152,13 +221,21 @@ impl ThreadPool {
     /// when it is one of them).
     pub(crate) fn shutdown(&self, wait: bool, cancel_futures: bool) {
         let mut st = self.common.lock();
-        st.tx = None;
+        // Closed before the marks are queued: see `submit`.
+        self.common.closed.store(true, Ordering::SeqCst);
         if cancel_futures {
             drop(st);
-            for job in self.rx.try_iter() {
+            Self::drain(&self.rx, &self.tx, |job| {
                 job.cancel();
-            }
+            });
             st = self.common.lock();
+        }
+        if !st.marked {
+            st.marked = true;
+            for _ in 0..st.started {
+                // Cannot fail: the receiver lives in `self`.
+                let _ = self.tx.send(None);
+            }
         }
         if !wait {
             return;
@@ -178,11 +255,21 @@ impl ThreadPool {
     }
 }
 
+impl Drop for ThreadPool {
+    /// Threads exit on stop marks, not on a closed channel (they hold
+    /// senders of their own): make sure they get them.
+    fn drop(&mut self) {
+        self.shutdown(false, false);
+    }
+}
+
 /// One worker thread's loop.
 struct Worker {
     pool: u64,
     name: String,
     rx: Receiver<Queue>,
+    /// For putting back stop marks it drained (see `break_pool`).
+    tx: Sender<Queue>,
     common: Arc<Common>,
     initializer: Option<Initializer>,
 }
@@ -218,6 +305,7 @@ impl Worker {
                     }
                 };
                 for job in self.rx.iter() {
+                    let Some(job) = job else { break };
                     job.run(&idle);
                 }
             }
@@ -235,11 +323,14 @@ impl Worker {
         if st.broken.is_none() {
             st.broken = Some(reason.clone());
         }
+        // Closed before the drain: see `ThreadPool::submit`.
+        self.common.closed.store(true, Ordering::SeqCst);
         drop(st);
-        for job in self.rx.try_iter() {
+        // Stop marks go back: other threads still need theirs.
+        ThreadPool::drain(&self.rx, &self.tx, |job| {
             job.fail_if_pending(Error::BrokenPool {
                 reason: reason.clone(),
             });
-        }
+        });
     }
 }
