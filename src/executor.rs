@@ -74,6 +74,13 @@ impl Inner {
 /// last clone), it does not wait, since that wait could never end: the
 /// threads finish the queue and exit by themselves.
 ///
+/// Each task's state (its result, its closure, its future's bookkeeping)
+/// is one small heap block. When a task's last handle is dropped, its block
+/// is kept by the dropping thread for the next submit there, up to 16 MiB
+/// per thread, instead of going back to the allocator: a burst of a hundred
+/// thousand tasks then costs no fresh pages the second time. A thread's
+/// kept blocks are freed when it exits.
+///
 /// ```
 /// let ex = twinpool::Executor::threads(2);
 /// let f = ex.submit(|| 6 * 7)?;
