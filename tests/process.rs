@@ -40,6 +40,11 @@ fn tasks() -> Registry {
             std::process::id()
         })
         .register("exit", |code: i32| -> u64 { std::process::exit(code) })
+        // Exits with its argument's length mod 128: a worker that dies with a
+        // big argument in hand.
+        .register("exit_big", |v: Vec<u8>| -> u64 {
+            std::process::exit((v.len() % 128) as i32)
+        })
         .register("init_fail", |_: ()| -> () { panic!("initializer says no") })
         .register("init_ok", |_: ()| ())
 }
@@ -246,6 +251,105 @@ fn large_arguments_and_results() {
             .unwrap(),
         s
     );
+}
+
+/// `n` bytes that differ from those of every other `i` at most places.
+fn pattern(i: usize, n: usize) -> Vec<u8> {
+    let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..n as u64)
+        .map(|j| (seed.wrapping_add(j.wrapping_mul(0x2545_F491_4F6C_DD1D)) >> 56) as u8)
+        .collect()
+}
+
+/// A big payload's size: 1 to 3 MiB, different for each `i`, so segments
+/// are reused for smaller payloads and replaced by bigger ones.
+fn big_size(i: usize) -> usize {
+    (1 << 20) + (i * 700_001) % (2 << 20)
+}
+
+/// Checks that `echo_bytes` of payload `i` came back byte for byte.
+fn check_echo(i: usize, got: Result<Vec<u8>, Error>) {
+    let got = got.unwrap();
+    assert!(
+        got == pattern(i, big_size(i)),
+        "big payload {i} came back changed ({} bytes, {} sent)",
+        got.len(),
+        big_size(i)
+    );
+}
+
+/// Big arguments are copied into a few shared-memory segments the pool
+/// reuses from task to task (a segment is reused only once its task is
+/// answered); big results come back in segments too. Many big tasks in
+/// flight on one worker at once (more than there are reusable segments),
+/// of changing sizes, must each come back byte for byte, round after round.
+fn many_big_payloads_in_flight_on_one_worker() {
+    let ex = pool(1);
+    // Short tasks first, so the worker's window grows and the big tasks
+    // below are sent to it together, while it is busy.
+    let warm: u64 = ex
+        .map_named::<u64, u64, _>("square", 0..2000)
+        .unwrap()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(warm, (0..2000u64).map(|x| x * x).sum());
+    for round in 0..3 {
+        let flag = flag_file(&format!("big-{round}"));
+        let blocker = ex
+            .submit_named::<String, u32>("wait_for_file", flag.clone())
+            .unwrap();
+        let ids: Vec<usize> = (round * 12..round * 12 + 12).collect();
+        let echoes: Vec<_> = ids
+            .iter()
+            .map(|&i| {
+                ex.submit_named::<Vec<u8>, Vec<u8>>("echo_bytes", pattern(i, big_size(i)))
+                    .unwrap()
+            })
+            .collect();
+        std::fs::write(&flag, b"go").unwrap();
+        blocker.result_timeout(LONG).unwrap();
+        for (i, f) in ids.into_iter().zip(echoes) {
+            check_echo(i, f.result_timeout(LONG));
+        }
+        let _ = std::fs::remove_file(&flag);
+    }
+}
+
+/// A worker that dies holding a big argument, with big tasks queued behind
+/// it: the replacement worker, which holds none of the pool's segments yet,
+/// gets every payload intact, and the dead task's segment is reused.
+fn worker_death_with_big_payloads_in_flight() {
+    let ex = pool(1);
+    check_echo(
+        100,
+        ex.submit_named("echo_bytes", pattern(100, big_size(100)))
+            .unwrap()
+            .result_timeout(LONG),
+    );
+    let doomed = ex
+        .submit_named::<Vec<u8>, u64>("exit_big", vec![1u8; (1 << 20) + 5])
+        .unwrap();
+    let behind: Vec<_> = (101..107)
+        .map(|i| {
+            ex.submit_named::<Vec<u8>, Vec<u8>>("echo_bytes", pattern(i, big_size(i)))
+                .unwrap()
+        })
+        .collect();
+    match doomed.result_timeout(LONG) {
+        Err(Error::WorkerDied { status, .. }) => assert!(status.contains("code 5"), "{status}"),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    for (i, f) in (101..).zip(behind) {
+        check_echo(i, f.result_timeout(LONG));
+    }
+    for i in 107..110 {
+        check_echo(
+            i,
+            ex.submit_named("echo_bytes", pattern(i, big_size(i)))
+                .unwrap()
+                .result_timeout(LONG),
+        );
+    }
 }
 
 fn noisy_task_does_not_disturb_the_pool() {
@@ -521,6 +625,14 @@ fn main() {
             unknown_name_and_closures_are_refused,
         ),
         ("large_arguments_and_results", large_arguments_and_results),
+        (
+            "many_big_payloads_in_flight_on_one_worker",
+            many_big_payloads_in_flight_on_one_worker,
+        ),
+        (
+            "worker_death_with_big_payloads_in_flight",
+            worker_death_with_big_payloads_in_flight,
+        ),
         (
             "noisy_task_does_not_disturb_the_pool",
             noisy_task_does_not_disturb_the_pool,

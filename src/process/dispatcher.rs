@@ -24,10 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender, IpcSharedMemory};
+use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 
 use super::spawn::{self, describe_status, Spawned};
-use super::wire::{Body, Held, Outcome, Reader, Reply, Request, Writer};
+use super::wire::{Big, Body, Held, Note, Outcome, Reader, Received, Reply, Request, Sent, Writer};
 use super::{Answer, Common, ProcessOptions, RemoteJob};
 use crate::{deadlock, Error, Registry};
 
@@ -138,7 +138,7 @@ impl Queued {
     }
 
     /// Its payload's shared-memory segment, if it has one.
-    fn segment(&self) -> Option<&IpcSharedMemory> {
+    fn segment(&self) -> Option<&Big> {
         let (Payload::One(p) | Payload::Chunk(p)) = &self.payload;
         p.segment()
     }
@@ -158,11 +158,12 @@ struct LaneState {
     open: bool,
 }
 
-/// A worker's channels: frames, and the side channel for the
-/// shared-memory segments of big payloads.
+/// A worker's channels: frames, and the side channel that says where big
+/// payloads lie; and which of this process's segments the worker holds.
 struct LaneOut {
     requests: IpcBytesSender,
-    big: IpcSender<IpcSharedMemory>,
+    big: IpcSender<Note>,
+    sent: Sent,
 }
 
 /// One worker's lane: its tasks in flight, its channels, and its tasks'
@@ -182,14 +183,14 @@ pub(crate) struct Lane {
 impl Lane {
     /// Records `batch` as in flight on this worker and sends it; the caller
     /// holds `out` (see [`Lane`]).
-    fn send(&self, out: &LaneOut, batch: Vec<Queued>) {
+    fn send(&self, out: &mut LaneOut, batch: Vec<Queued>) {
         let mut frames = Vec::new();
-        let mut segments = Vec::new();
+        let mut notes = Vec::new();
         {
             let mut st = self.lock();
             let mut w = Writer::default();
             for q in batch {
-                segments.extend(q.segment().cloned());
+                notes.extend(q.segment().map(|big| out.sent.note(big)));
                 q.write(&mut w);
                 st.push(q);
                 st.sent += 1;
@@ -201,11 +202,11 @@ impl Lane {
                 frames.push(w.take());
             }
         }
-        // Segments go first: the worker takes them in the order the frames
+        // Notes go first: the worker takes them in the order the frames
         // name them. If the worker is gone, its reader reports the death
         // and these tasks are sent again.
-        for segment in segments {
-            let _ = out.big.send(segment);
+        for note in notes {
+            let _ = out.big.send(note);
         }
         for frame in frames {
             let _ = out.requests.send(&frame);
@@ -236,7 +237,7 @@ pub(crate) type Lanes = Arc<RwLock<Vec<Arc<Lane>>>>;
 pub(crate) fn send_direct(lanes: &Lanes, max_tasks: usize, q: Queued) -> Result<(), Queued> {
     let lanes = lanes.read().unwrap_or_else(PoisonError::into_inner);
     for lane in lanes.iter() {
-        let Ok(out) = lane.out.try_lock() else {
+        let Ok(mut out) = lane.out.try_lock() else {
             continue;
         };
         let idle = {
@@ -249,7 +250,7 @@ pub(crate) fn send_direct(lanes: &Lanes, max_tasks: usize, q: Queued) -> Result<
         if !q.job.claim() {
             return Ok(()); // cancelled already: it never runs
         }
-        lane.send(&out, vec![q]);
+        lane.send(&mut out, vec![q]);
         return Ok(());
     }
     Err(q)
@@ -411,6 +412,7 @@ impl Dispatcher {
             out: Mutex::new(LaneOut {
                 requests: hello.requests,
                 big: hello.big_requests,
+                sent: Sent::default(),
             }),
             state: Mutex::new(LaneState {
                 tasks: VecDeque::new(),
@@ -425,6 +427,7 @@ impl Dispatcher {
             generation,
             replies: hello.replies,
             big_replies: hello.big_replies,
+            received: Received::default(),
             lane: lane.clone(),
             tx: self.tx.clone(),
             common: self.common.clone(),
@@ -725,7 +728,7 @@ impl Dispatcher {
             if batch.is_empty() {
                 continue;
             }
-            lane.send(&lane.out(), batch);
+            lane.send(&mut lane.out(), batch);
         }
     }
 
@@ -884,7 +887,9 @@ struct ReaderThread {
     slot: usize,
     generation: u64,
     replies: IpcBytesReceiver,
-    big_replies: IpcReceiver<IpcSharedMemory>,
+    big_replies: IpcReceiver<Note>,
+    /// The worker's segments this reader keeps mapped.
+    received: Received,
     lane: Arc<Lane>,
     tx: Sender<Msg>,
     common: Arc<Common>,
@@ -893,7 +898,7 @@ struct ReaderThread {
 }
 
 impl ReaderThread {
-    fn run(self) {
+    fn run(mut self) {
         let bad_frame = loop {
             let Ok(frame) = self.replies.recv() else {
                 break None;
@@ -917,7 +922,7 @@ impl ReaderThread {
         });
     }
 
-    fn read(&self, frame: &[u8]) -> Result<(), String> {
+    fn read(&mut self, frame: &[u8]) -> Result<(), String> {
         let mut reader = Reader::new(frame);
         while let Some(reply) = reader.reply().map_err(|e| e.to_string())? {
             let (id, micros, answer) = match reply {
@@ -962,15 +967,15 @@ impl ReaderThread {
         Ok(())
     }
 
-    /// A reply's payload: inline, or the next shared-memory segment.
-    fn held(&self, body: Body) -> Result<Held, String> {
+    /// A reply's payload: inline, or where the next note says.
+    fn held(&mut self, body: Body) -> Result<Held, String> {
         match body {
             Body::Inline(bytes) => Ok(Held::Bytes(bytes)),
-            Body::Shared => self
-                .big_replies
-                .recv()
-                .map(Held::Shared)
-                .map_err(|e| format!("broken shared-memory channel ({e})")),
+            Body::Shared => {
+                let note = (self.big_replies.recv())
+                    .map_err(|e| format!("broken channel for big results ({e})"))?;
+                self.received.open(note).map_err(|e| e.to_string())
+            }
         }
     }
 

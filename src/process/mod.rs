@@ -29,7 +29,6 @@ use crate::recycle::Counted;
 use crate::registry::Entry;
 use crate::{codec, Error, Future, Registry};
 use dispatcher::{Lanes, Msg, Queued};
-use ipc_channel::ipc::IpcSharedMemory;
 use wire::{Body, Held, Outcome};
 
 pub use worker::serve_if_worker;
@@ -312,7 +311,7 @@ impl ProcessPool {
 /// (a big `Vec<u8>` or `String` is copied there directly).
 fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: &A) -> Result<Held, Error> {
     if let Some(raw) = codec::raw_bytes(arg).filter(|b| b.len() >= wire::BIG) {
-        return Ok(Held::Shared(IpcSharedMemory::from_bytes(raw)));
+        return Ok(Held::big(raw));
     }
     let what = || format!("the argument of task {:?}", entry.name);
     Ok(Held::new(codec::encode(arg, what)?))

@@ -11,17 +11,26 @@
 //!
 //! Decoding never panics and never allocates more than the frame holds: every
 //! length is checked against the bytes that remain.
+//!
+//! Payloads of [`BIG`] bytes or more do not go in the frame: they are copied
+//! into a shared-memory segment, mostly one reused from payload to payload
+//! (see [`Big`]), and a [`Note`] on a side channel says where they lie.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ipc_channel::ipc::IpcSharedMemory;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the frames or the handshake change.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The handshake a worker sends when it connects.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Hello {
+    /// The worker's [`PROTOCOL_VERSION`].
     pub(crate) version: u32,
+    /// The worker's process id.
     pub(crate) pid: u32,
     /// Every task the worker holds: name, argument type, result type.
     pub(crate) tasks: Vec<(String, String, String)>,
@@ -29,23 +38,70 @@ pub(crate) struct Hello {
     pub(crate) requests: ipc_channel::ipc::IpcBytesSender,
     /// Where the pool reads reply frames.
     pub(crate) replies: ipc_channel::ipc::IpcBytesReceiver,
-    /// Where the pool sends the shared-memory segments of big payloads.
-    pub(crate) big_requests: ipc_channel::ipc::IpcSender<IpcSharedMemory>,
-    /// Where the pool reads the segments of big results.
-    pub(crate) big_replies: ipc_channel::ipc::IpcReceiver<IpcSharedMemory>,
+    /// Where the pool says where each big argument lies.
+    pub(crate) big_requests: ipc_channel::ipc::IpcSender<Note>,
+    /// Where the pool reads where each big result lies.
+    pub(crate) big_replies: ipc_channel::ipc::IpcReceiver<Note>,
+}
+
+/// Payloads of this many bytes or more cross in a shared-memory segment
+/// instead of inside the frame: one copy in, one copy out, and no trip
+/// through the socket.
+pub(crate) const BIG: usize = 1 << 20;
+
+/// Segments a process keeps for reuse (see [`Big`]).
+const SLOTS: usize = 4;
+
+/// Segments larger than this are used once and unmapped, not kept.
+const MAX_KEPT: usize = 256 << 20;
+
+/// Where a big payload lies, sent on the side channel just before the frame
+/// that holds its [`Body::Shared`].
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Note {
+    /// The slot of the sender's segment pool the payload is in, or `None`
+    /// for a segment used once.
+    slot: Option<u32>,
+    /// The payload's length: it starts at the segment's first byte.
+    len: u64,
+    /// The segment, unless the receiver holds it already (in `slot`, from
+    /// an earlier note).
+    segment: Option<IpcSharedMemory>,
 }
 
 /// A payload held in memory: bytes, or a shared-memory segment.
 pub(crate) enum Held {
+    /// Small: the bytes, written inside the frame.
     Bytes(Vec<u8>),
-    Shared(IpcSharedMemory),
+    /// Big: in a shared-memory segment, named by a [`Note`].
+    Shared(Big),
 }
 
 impl Held {
-    /// `bytes`, moved into a shared-memory segment when it is big.
+    /// `bytes`, copied into a shared-memory segment when it is big.
     pub(crate) fn new(bytes: Vec<u8>) -> Held {
         if bytes.len() >= BIG {
-            Held::Shared(IpcSharedMemory::from_bytes(&bytes))
+            Held::Shared(Big::copy_of(&bytes))
+        } else {
+            Held::Bytes(bytes)
+        }
+    }
+
+    /// A copy of `bytes`, which are big, in a shared-memory segment.
+    pub(crate) fn big(bytes: &[u8]) -> Held {
+        Held::Shared(Big::copy_of(bytes))
+    }
+
+    /// [`Held::new`] for a payload that is dropped as soon as it is sent (a
+    /// worker's result): its segment is its own, never reused, since the
+    /// receiver may read it at any time.
+    pub(crate) fn once(bytes: Vec<u8>) -> Held {
+        if bytes.len() >= BIG {
+            Held::Shared(Big {
+                shm: Big::fresh(&bytes),
+                len: bytes.len(),
+                lent: None,
+            })
         } else {
             Held::Bytes(bytes)
         }
@@ -59,11 +115,11 @@ impl Held {
         }
     }
 
-    /// The segment to send beside the frame, if any.
-    pub(crate) fn segment(&self) -> Option<&IpcSharedMemory> {
+    /// Its segment, if it has one.
+    pub(crate) fn segment(&self) -> Option<&Big> {
         match self {
             Held::Bytes(_) => None,
-            Held::Shared(shm) => Some(shm),
+            Held::Shared(big) => Some(big),
         }
     }
 }
@@ -73,17 +129,221 @@ impl std::ops::Deref for Held {
     fn deref(&self) -> &[u8] {
         match self {
             Held::Bytes(b) => b,
-            Held::Shared(shm) => shm,
+            Held::Shared(big) => big,
         }
     }
 }
 
-/// Payloads of this many bytes or more cross in a shared-memory segment
-/// instead of inside the frame: one copy in, one copy out, and no trip
-/// through the socket.
-pub(crate) const BIG: usize = 1 << 20;
+/// A big payload: the first `len` bytes of a shared-memory segment.
+///
+/// A sender copies each big payload into a segment of its process's pool of
+/// [`SLOTS`] segments, reused from payload to payload: after the first time,
+/// no segment is created, no page is faulted in, and the receiver, which
+/// keeps the segments it was sent mapped by slot, is sent only a [`Note`].
+/// A segment is lent to one payload at a time, for as long as the payload
+/// lives (until its task is answered, or its worker is dead), so it is
+/// never overwritten while a worker may still read it. When every slot is
+/// lent, or the payload is over [`MAX_KEPT`] bytes, the payload gets a
+/// segment of its own, used once.
+pub(crate) struct Big {
+    /// The segment (shared with the pool's slot only while not lent, or
+    /// with the receiver's [`Received`]).
+    shm: Arc<IpcSharedMemory>,
+    /// The payload's length; the segment may be longer.
+    len: usize,
+    /// The pool slot and segment id it was lent from: returned on drop.
+    lent: Option<(usize, u64)>,
+}
 
-/// The length that marks a payload as "in the next shared-memory segment".
+/// One slot of a process's segment pool.
+struct Slot {
+    /// The segment, while it is not lent.
+    segment: Option<Arc<IpcSharedMemory>>,
+    /// Its id, unique in this process: a receiver holding this id in this
+    /// slot holds this segment.
+    id: u64,
+    /// Whether a [`Big`] holds the segment now.
+    lent: bool,
+}
+
+/// This process's segment pool.
+static POOL: Mutex<[Slot; SLOTS]> = Mutex::new(
+    [const {
+        Slot {
+            segment: None,
+            id: 0,
+            lent: false,
+        }
+    }; SLOTS],
+);
+
+/// The next segment id (0 is "none").
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A slot of the pool marked lent (see [`Big::lend`]).
+struct Lent {
+    slot: usize,
+    /// Its segment, if it has one yet.
+    segment: Option<Arc<IpcSharedMemory>>,
+    /// That segment's id.
+    id: u64,
+}
+
+impl Big {
+    /// A copy of `bytes` in a pooled segment if one is free, else in a
+    /// segment of its own.
+    fn copy_of(bytes: &[u8]) -> Big {
+        let len = bytes.len();
+        let Some(mut lent) = Self::lend(len) else {
+            return Big {
+                shm: Self::fresh(bytes),
+                len,
+                lent: None,
+            };
+        };
+        // A segment too small is replaced by a new one; the old one is
+        // unmapped here, outside the pool's lock (a receiver keeps its own
+        // mapping until the slot's next note replaces it).
+        let mut reused = lent.segment.take().filter(|m| m.len() >= len);
+        let written = reused.as_mut().and_then(Arc::get_mut).map(|segment| {
+            // SAFETY: `get_mut` proves this is the process's only handle on
+            // the mapping, and no receiver reads the segment before a note
+            // sent after this names it.
+            let dst = unsafe { segment.deref_mut() };
+            dst[..len].copy_from_slice(bytes);
+        });
+        let shm = match (reused, written) {
+            (Some(shm), Some(())) => shm,
+            _ => {
+                lent.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                Self::fresh(bytes)
+            }
+        };
+        Big {
+            shm,
+            len,
+            lent: Some((lent.slot, lent.id)),
+        }
+    }
+
+    /// A new segment holding `bytes`.
+    fn fresh(bytes: &[u8]) -> Arc<IpcSharedMemory> {
+        Arc::new(IpcSharedMemory::from_bytes(bytes))
+    }
+
+    /// Marks a free slot lent, preferring one whose segment holds `len`
+    /// bytes; `None` if every slot is lent or `len` is over [`MAX_KEPT`].
+    fn lend(len: usize) -> Option<Lent> {
+        if len > MAX_KEPT {
+            return None;
+        }
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        let fits = |s: &Slot| s.segment.as_ref().is_some_and(|m| m.len() >= len);
+        let i = (pool.iter())
+            .position(|s| !s.lent && fits(s))
+            .or_else(|| pool.iter().position(|s| !s.lent))?;
+        let slot = &mut pool[i];
+        slot.lent = true;
+        Some(Lent {
+            slot: i,
+            segment: slot.segment.take(),
+            id: slot.id,
+        })
+    }
+}
+
+impl Drop for Big {
+    fn drop(&mut self) {
+        if let Some((i, id)) = self.lent {
+            let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+            pool[i] = Slot {
+                segment: Some(self.shm.clone()),
+                id,
+                lent: false,
+            };
+        }
+    }
+}
+
+impl std::ops::Deref for Big {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.shm[..self.len]
+    }
+}
+
+/// The receiving side: which of the sender's segments the receiver holds.
+#[derive(Default)]
+pub(crate) struct Received {
+    slots: [Option<Arc<IpcSharedMemory>>; SLOTS],
+}
+
+impl Received {
+    /// The payload `note` points to; keeps the segment it carries, if any,
+    /// for later notes naming the same slot.
+    pub(crate) fn open(&mut self, note: Note) -> Result<Held, BadFrame> {
+        let shm = match (note.slot, note.segment) {
+            (None, Some(segment)) => Arc::new(segment),
+            (None, None) => return Err(BadFrame("a big payload came without its segment")),
+            (Some(slot), segment) => {
+                let Some(kept) = self.slots.get_mut(slot as usize) else {
+                    return Err(BadFrame("a big payload names an unknown segment slot"));
+                };
+                if let Some(segment) = segment {
+                    *kept = Some(Arc::new(segment));
+                }
+                match kept {
+                    Some(shm) => shm.clone(),
+                    None => return Err(BadFrame("a big payload names a segment never sent")),
+                }
+            }
+        };
+        match usize::try_from(note.len) {
+            Ok(len) if len <= shm.len() => Ok(Held::Shared(Big {
+                shm,
+                len,
+                lent: None,
+            })),
+            _ => Err(BadFrame("a big payload is longer than its segment")),
+        }
+    }
+}
+
+/// The sending side: which of this process's segments the receiver holds.
+#[derive(Default)]
+pub(crate) struct Sent {
+    ids: [u64; SLOTS],
+}
+
+impl Sent {
+    /// The note that tells the receiver where `big` lies, with the segment
+    /// itself when the receiver does not hold it yet.
+    pub(crate) fn note(&mut self, big: &Big) -> Note {
+        let len = big.len as u64;
+        match big.lent {
+            Some((slot, id)) if self.ids[slot] == id => Note {
+                slot: Some(slot as u32),
+                len,
+                segment: None,
+            },
+            Some((slot, id)) => {
+                self.ids[slot] = id;
+                Note {
+                    slot: Some(slot as u32),
+                    len,
+                    segment: Some((*big.shm).clone()),
+                }
+            }
+            None => Note {
+                slot: None,
+                len,
+                segment: Some((*big.shm).clone()),
+            },
+        }
+    }
+}
+
+/// The length that marks a payload as "in a shared-memory segment".
 const SHARED_MARK: u32 = u32::MAX;
 
 /// A payload as read from a frame.
@@ -91,8 +351,8 @@ const SHARED_MARK: u32 = u32::MAX;
 pub(crate) enum Body {
     /// The bytes themselves.
     Inline(Vec<u8>),
-    /// In the next shared-memory segment on the side channel, which the
-    /// sender sent before this frame.
+    /// Where the next [`Note`] on the side channel says, which the sender
+    /// sent before this frame.
     Shared,
 }
 
@@ -609,6 +869,50 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    /// A receiver is sent a pooled segment once, then only notes naming it;
+    /// a segment is reused only once the payload in it is dropped.
+    #[test]
+    fn segments_are_sent_once_and_reused_after_drop() {
+        let (mut sent, mut received) = (Sent::default(), Received::default());
+        let a = Big::copy_of(&[1; BIG]);
+        let b = Big::copy_of(&[2; BIG]);
+        let (Some((slot_a, id_a)), Some((slot_b, _))) = (a.lent, b.lent) else {
+            panic!("the pool lent no segment");
+        };
+        assert_ne!(slot_a, slot_b, "one segment lent twice");
+        let note = sent.note(&a);
+        assert!(note.segment.is_some());
+        assert!(received.open(note).unwrap().iter().all(|&x| x == 1));
+        assert!(sent.note(&a).segment.is_none());
+        let note = sent.note(&b);
+        assert!(received.open(note).unwrap().iter().all(|&x| x == 2));
+        drop(a);
+        // Smaller than the segment: only its own bytes are the payload.
+        let c = Big::copy_of(&[3; BIG - 1]);
+        if c.lent == Some((slot_a, id_a)) {
+            let note = sent.note(&c);
+            assert!(note.segment.is_none(), "a segment sent twice");
+            let held = received.open(note).unwrap();
+            assert_eq!(held.len(), BIG - 1);
+            assert!(held.iter().all(|&x| x == 3));
+        }
+    }
+
+    /// Notes that name what the receiver does not hold are errors.
+    #[test]
+    fn bad_notes_are_errors() {
+        let mut received = Received::default();
+        let note = |slot, len, segment| Note { slot, len, segment };
+        assert!(received.open(note(None, 0, None)).is_err());
+        assert!(received.open(note(Some(0), 0, None)).is_err());
+        assert!(received.open(note(Some(SLOTS as u32), 0, None)).is_err());
+        let shm = || Some(IpcSharedMemory::from_bytes(&[5; 10]));
+        assert!(received.open(note(None, 11, shm())).is_err());
+        assert!(received.open(note(Some(1), 11, shm())).is_err());
+        assert_eq!(&*received.open(note(Some(1), 4, None)).unwrap(), &[5; 4]);
+        assert_eq!(&*received.open(note(None, 10, shm())).unwrap(), &[5; 10]);
     }
 
     /// Pseudo-random bytes never panic the decoders.

@@ -5,11 +5,12 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use ipc_channel::ipc::{
-    self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender, IpcSharedMemory,
-};
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 
-use super::wire::{Body, Held, Hello, Outcome, Reader, Reply, Request, Writer, PROTOCOL_VERSION};
+use super::wire::{
+    Body, Held, Hello, Note, Outcome, Reader, Received, Reply, Request, Sent, Writer,
+    PROTOCOL_VERSION,
+};
 use crate::{Error, Registry};
 
 /// The environment variable that tells a process it is a pool's worker: the
@@ -117,6 +118,8 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
         tx: reply_tx,
         big_rx,
         big_tx,
+        received: Received::default(),
+        sent: Sent::default(),
         queue: VecDeque::new(),
         out: Writer::default(),
         oldest: None,
@@ -128,9 +131,13 @@ struct Worker<'a> {
     registry: &'a Registry,
     rx: IpcBytesReceiver,
     tx: IpcBytesSender,
-    /// Shared-memory segments of big arguments, and of big results.
-    big_rx: IpcReceiver<IpcSharedMemory>,
-    big_tx: IpcSender<IpcSharedMemory>,
+    /// Where big arguments lie, and where big results lie.
+    big_rx: IpcReceiver<Note>,
+    big_tx: IpcSender<Note>,
+    /// The pool's segments this worker keeps mapped.
+    received: Received,
+    /// Notes for the segments of big results.
+    sent: Sent,
     /// Requests received and not yet run.
     queue: VecDeque<Request>,
     /// Replies not yet sent, and when the first of them was written.
@@ -223,26 +230,28 @@ impl Worker<'_> {
         }
     }
 
-    /// A request's payload: inline, or the next shared-memory segment.
-    fn take_body(&self, body: Body) -> Result<Held, String> {
+    /// A request's payload: inline, or where the next note says.
+    fn take_body(&mut self, body: Body) -> Result<Held, String> {
         match body {
             Body::Inline(bytes) => Ok(Held::Bytes(bytes)),
-            Body::Shared => self
-                .big_rx
-                .recv()
-                .map(Held::Shared)
-                .map_err(|e| format!("lost the pool's shared-memory channel: {e}")),
+            Body::Shared => {
+                let note = self.big_rx.recv().map_err(|e| {
+                    format!("lost the pool's channel for big arguments ({e}); the pool is gone")
+                })?;
+                self.received.open(note).map_err(|e| e.to_string())
+            }
         }
     }
 
-    /// A result to reply with: big ones go ahead in a shared-memory segment.
-    fn put_body(&self, bytes: Vec<u8>) -> Result<Body, String> {
-        match Held::new(bytes) {
+    /// A result to reply with: a big one goes ahead in a shared-memory
+    /// segment of its own (the pool reads it after this returns).
+    fn put_body(&mut self, bytes: Vec<u8>) -> Result<Body, String> {
+        match Held::once(bytes) {
             Held::Bytes(b) => Ok(Body::Inline(b)),
-            Held::Shared(shm) => {
-                self.big_tx
-                    .send(shm)
-                    .map_err(|e| format!("could not send a result to the pool: {e}"))?;
+            Held::Shared(big) => {
+                self.big_tx.send(self.sent.note(&big)).map_err(|e| {
+                    format!("could not send a big result to the pool ({e}); the pool is gone")
+                })?;
                 Ok(Body::Shared)
             }
         }
