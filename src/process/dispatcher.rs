@@ -428,6 +428,7 @@ impl Dispatcher {
             replies: hello.replies,
             big_replies: hello.big_replies,
             received: Received::default(),
+            releases: hello.releases,
             lane: lane.clone(),
             tx: self.tx.clone(),
             common: self.common.clone(),
@@ -890,6 +891,8 @@ struct ReaderThread {
     big_replies: IpcReceiver<Note>,
     /// The worker's segments this reader keeps mapped.
     received: Received,
+    /// Where results in the worker's pooled segments are released.
+    releases: IpcSender<u64>,
     lane: Arc<Lane>,
     tx: Sender<Msg>,
     common: Arc<Common>,
@@ -939,7 +942,7 @@ impl ReaderThread {
                     id,
                     micros,
                     outcome: Outcome::Ok(body),
-                } => (id, micros, Answer::One(Ok(self.held(body)?))),
+                } => (id, micros, Answer::One(Ok(self.held(body, id)?))),
                 Reply::Done {
                     id,
                     micros,
@@ -951,7 +954,7 @@ impl ReaderThread {
                     results,
                     failure,
                 } => {
-                    let results = self.held(results)?;
+                    let results = self.held(results, id)?;
                     (id, micros, Answer::Chunk { results, failure })
                 }
             };
@@ -967,14 +970,15 @@ impl ReaderThread {
         Ok(())
     }
 
-    /// A reply's payload: inline, or where the next note says.
-    fn held(&mut self, body: Body) -> Result<Held, String> {
+    /// The payload of task `id`'s reply: inline, or where the next note
+    /// says (then released to the worker when dropped).
+    fn held(&mut self, body: Body, id: u64) -> Result<Held, String> {
         match body {
             Body::Inline(bytes) => Ok(Held::Bytes(bytes)),
             Body::Shared => {
                 let note = (self.big_replies.recv())
                     .map_err(|e| format!("broken channel for big results ({e})"))?;
-                self.received.open(note).map_err(|e| e.to_string())
+                (self.received.open(note, Some((&self.releases, id)))).map_err(|e| e.to_string())
             }
         }
     }

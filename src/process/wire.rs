@@ -23,7 +23,7 @@ use ipc_channel::ipc::IpcSharedMemory;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the frames or the handshake change.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The handshake a worker sends when it connects.
 #[derive(Serialize, Deserialize)]
@@ -42,6 +42,9 @@ pub(crate) struct Hello {
     pub(crate) big_requests: ipc_channel::ipc::IpcSender<Note>,
     /// Where the pool reads where each big result lies.
     pub(crate) big_replies: ipc_channel::ipc::IpcReceiver<Note>,
+    /// Where the pool says it is done with a big result in a pooled
+    /// segment (by task id), so the worker may reuse the segment.
+    pub(crate) releases: ipc_channel::ipc::IpcSender<u64>,
 }
 
 /// Payloads of this many bytes or more cross in a shared-memory segment
@@ -74,14 +77,14 @@ pub(crate) enum Held {
     /// Small: the bytes, written inside the frame.
     Bytes(Vec<u8>),
     /// Big: in a shared-memory segment, named by a [`Note`].
-    Shared(Big),
+    Shared(Box<Big>),
 }
 
 impl Held {
     /// `bytes`, copied into a shared-memory segment when it is big.
     pub(crate) fn new(bytes: Vec<u8>) -> Held {
         if bytes.len() >= BIG {
-            Held::Shared(Big::copy_of(&bytes))
+            Held::Shared(Box::new(Big::copy_of(&bytes)))
         } else {
             Held::Bytes(bytes)
         }
@@ -89,22 +92,7 @@ impl Held {
 
     /// A copy of `bytes`, which are big, in a shared-memory segment.
     pub(crate) fn big(bytes: &[u8]) -> Held {
-        Held::Shared(Big::copy_of(bytes))
-    }
-
-    /// [`Held::new`] for a payload that is dropped as soon as it is sent (a
-    /// worker's result): its segment is its own, never reused, since the
-    /// receiver may read it at any time.
-    pub(crate) fn once(bytes: Vec<u8>) -> Held {
-        if bytes.len() >= BIG {
-            Held::Shared(Big {
-                shm: Big::fresh(&bytes),
-                len: bytes.len(),
-                lent: None,
-            })
-        } else {
-            Held::Bytes(bytes)
-        }
+        Held::Shared(Box::new(Big::copy_of(bytes)))
     }
 
     /// How it is written in a frame.
@@ -145,6 +133,10 @@ impl std::ops::Deref for Held {
 /// never overwritten while a worker may still read it. When every slot is
 /// lent, or the payload is over [`MAX_KEPT`] bytes, the payload gets a
 /// segment of its own, used once.
+///
+/// The pool's arguments live in its queue until answered; a worker's
+/// results are dropped on its side as soon as they are sent, so the worker
+/// keeps a pooled result until the pool's [`Release`] says it was read.
 pub(crate) struct Big {
     /// The segment (shared with the pool's slot only while not lent, or
     /// with the receiver's [`Received`]).
@@ -153,6 +145,28 @@ pub(crate) struct Big {
     len: usize,
     /// The pool slot and segment id it was lent from: returned on drop.
     lent: Option<(usize, u64)>,
+    /// On the receiving side of a pooled result: tells the worker, on
+    /// drop, that it may reuse the segment.
+    _release: Option<Release>,
+}
+
+/// Tells a worker, when dropped, that the pool is done with the result of
+/// task `id`, which lies in one of the worker's pooled segments.
+///
+/// It is sent when the payload is dropped, whenever that is, so the worker
+/// never overwrites a result the pool may still read. Sending never blocks
+/// for long: a worker has at most [`SLOTS`] pooled results unreleased, so at
+/// most that many releases wait in its channel.
+pub(crate) struct Release {
+    to: ipc_channel::ipc::IpcSender<u64>,
+    id: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // A worker that is gone needs no release.
+        let _ = self.to.send(self.id);
+    }
 }
 
 /// One slot of a process's segment pool.
@@ -199,6 +213,7 @@ impl Big {
                 shm: Self::fresh(bytes),
                 len,
                 lent: None,
+                _release: None,
             };
         };
         // A segment too small is replaced by a new one; the old one is
@@ -223,7 +238,14 @@ impl Big {
             shm,
             len,
             lent: Some((lent.slot, lent.id)),
+            _release: None,
         }
+    }
+
+    /// Whether it lies in a segment of this process's pool, which is
+    /// reused once this is dropped.
+    pub(crate) fn is_pooled(&self) -> bool {
+        self.lent.is_some()
     }
 
     /// A new segment holding `bytes`.
@@ -280,8 +302,17 @@ pub(crate) struct Received {
 
 impl Received {
     /// The payload `note` points to; keeps the segment it carries, if any,
-    /// for later notes naming the same slot.
-    pub(crate) fn open(&mut self, note: Note) -> Result<Held, BadFrame> {
+    /// for later notes naming the same slot. With `release_to` (a worker's
+    /// release channel and the task's id), a payload in a pooled segment
+    /// sends its release when it is dropped.
+    pub(crate) fn open(
+        &mut self,
+        note: Note,
+        release_to: Option<(&ipc_channel::ipc::IpcSender<u64>, u64)>,
+    ) -> Result<Held, BadFrame> {
+        let release = release_to
+            .filter(|_| note.slot.is_some())
+            .map(|(to, id)| Release { to: to.clone(), id });
         let shm = match (note.slot, note.segment) {
             (None, Some(segment)) => Arc::new(segment),
             (None, None) => return Err(BadFrame("a big payload came without its segment")),
@@ -299,11 +330,12 @@ impl Received {
             }
         };
         match usize::try_from(note.len) {
-            Ok(len) if len <= shm.len() => Ok(Held::Shared(Big {
+            Ok(len) if len <= shm.len() => Ok(Held::Shared(Box::new(Big {
                 shm,
                 len,
                 lent: None,
-            })),
+                _release: release,
+            }))),
             _ => Err(BadFrame("a big payload is longer than its segment")),
         }
     }
@@ -884,17 +916,17 @@ mod tests {
         assert_ne!(slot_a, slot_b, "one segment lent twice");
         let note = sent.note(&a);
         assert!(note.segment.is_some());
-        assert!(received.open(note).unwrap().iter().all(|&x| x == 1));
+        assert!(received.open(note, None).unwrap().iter().all(|&x| x == 1));
         assert!(sent.note(&a).segment.is_none());
         let note = sent.note(&b);
-        assert!(received.open(note).unwrap().iter().all(|&x| x == 2));
+        assert!(received.open(note, None).unwrap().iter().all(|&x| x == 2));
         drop(a);
         // Smaller than the segment: only its own bytes are the payload.
         let c = Big::copy_of(&[3; BIG - 1]);
         if c.lent == Some((slot_a, id_a)) {
             let note = sent.note(&c);
             assert!(note.segment.is_none(), "a segment sent twice");
-            let held = received.open(note).unwrap();
+            let held = received.open(note, None).unwrap();
             assert_eq!(held.len(), BIG - 1);
             assert!(held.iter().all(|&x| x == 3));
         }
@@ -905,14 +937,22 @@ mod tests {
     fn bad_notes_are_errors() {
         let mut received = Received::default();
         let note = |slot, len, segment| Note { slot, len, segment };
-        assert!(received.open(note(None, 0, None)).is_err());
-        assert!(received.open(note(Some(0), 0, None)).is_err());
-        assert!(received.open(note(Some(SLOTS as u32), 0, None)).is_err());
+        assert!(received.open(note(None, 0, None), None).is_err());
+        assert!(received.open(note(Some(0), 0, None), None).is_err());
+        assert!(received
+            .open(note(Some(SLOTS as u32), 0, None), None)
+            .is_err());
         let shm = || Some(IpcSharedMemory::from_bytes(&[5; 10]));
-        assert!(received.open(note(None, 11, shm())).is_err());
-        assert!(received.open(note(Some(1), 11, shm())).is_err());
-        assert_eq!(&*received.open(note(Some(1), 4, None)).unwrap(), &[5; 4]);
-        assert_eq!(&*received.open(note(None, 10, shm())).unwrap(), &[5; 10]);
+        assert!(received.open(note(None, 11, shm()), None).is_err());
+        assert!(received.open(note(Some(1), 11, shm()), None).is_err());
+        assert_eq!(
+            &*received.open(note(Some(1), 4, None), None).unwrap(),
+            &[5; 4]
+        );
+        assert_eq!(
+            &*received.open(note(None, 10, shm()), None).unwrap(),
+            &[5; 10]
+        );
     }
 
     /// Pseudo-random bytes never panic the decoders.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 
 use super::wire::{
-    Body, Held, Hello, Note, Outcome, Reader, Received, Reply, Request, Sent, Writer,
+    Big, Body, Held, Hello, Note, Outcome, Reader, Received, Reply, Request, Sent, Writer,
     PROTOCOL_VERSION,
 };
 use crate::{Error, Registry};
@@ -90,6 +90,7 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
     let (reply_tx, replies) = ipc::bytes_channel().map_err(|e| e.to_string())?;
     let (big_requests, big_rx) = ipc::channel().map_err(|e| e.to_string())?;
     let (big_tx, big_replies) = ipc::channel().map_err(|e| e.to_string())?;
+    let (releases, released) = ipc::channel().map_err(|e| e.to_string())?;
     let tasks = registry
         .entries()
         .map(|e| {
@@ -109,6 +110,7 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
             replies,
             big_requests,
             big_replies,
+            releases,
         })
         .map_err(|e| format!("could not send the handshake: {e}"))?;
     drop(connect);
@@ -120,6 +122,8 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
         big_tx,
         received: Received::default(),
         sent: Sent::default(),
+        released,
+        unread: Vec::new(),
         queue: VecDeque::new(),
         out: Writer::default(),
         oldest: None,
@@ -138,6 +142,11 @@ struct Worker<'a> {
     received: Received,
     /// Notes for the segments of big results.
     sent: Sent,
+    /// Ids of the tasks whose pooled results the pool has read.
+    released: IpcReceiver<u64>,
+    /// Results in pooled segments the pool has not said it read, by task
+    /// id: their segments go back to the pool only once it has.
+    unread: Vec<(u64, Box<Big>)>,
     /// Requests received and not yet run.
     queue: VecDeque<Request>,
     /// Replies not yet sent, and when the first of them was written.
@@ -178,7 +187,7 @@ impl Worker<'_> {
                     let payload = self.take_body(payload)?;
                     let start = Instant::now();
                     let outcome = match self.call(&name, &payload) {
-                        Ok(bytes) => Outcome::Ok(self.put_body(bytes)?),
+                        Ok(bytes) => Outcome::Ok(self.put_body(id, bytes)?),
                         Err(failed) => failed,
                     };
                     let micros = micros_since(start);
@@ -199,7 +208,7 @@ impl Worker<'_> {
                         Err(e) => (Vec::new(), Some(outcome_of(&name, e))),
                     };
                     let micros = micros_since(start);
-                    let results = self.put_body(results)?;
+                    let results = self.put_body(id, results)?;
                     self.reply(&Reply::Chunk {
                         id,
                         micros,
@@ -238,23 +247,29 @@ impl Worker<'_> {
                 let note = self.big_rx.recv().map_err(|e| {
                     format!("lost the pool's channel for big arguments ({e}); the pool is gone")
                 })?;
-                self.received.open(note).map_err(|e| e.to_string())
+                self.received.open(note, None).map_err(|e| e.to_string())
             }
         }
     }
 
-    /// A result to reply with: a big one goes ahead in a shared-memory
-    /// segment of its own (the pool reads it after this returns).
-    fn put_body(&mut self, bytes: Vec<u8>) -> Result<Body, String> {
-        match Held::once(bytes) {
-            Held::Bytes(b) => Ok(Body::Inline(b)),
-            Held::Shared(big) => {
-                self.big_tx.send(self.sent.note(&big)).map_err(|e| {
-                    format!("could not send a big result to the pool ({e}); the pool is gone")
-                })?;
-                Ok(Body::Shared)
-            }
+    /// The result of task `id` to reply with: a big one goes ahead in a
+    /// shared-memory segment, pooled if one is free. A pooled one is kept
+    /// until the pool says it has read it.
+    fn put_body(&mut self, id: u64, bytes: Vec<u8>) -> Result<Body, String> {
+        while let Ok(done) = self.released.try_recv() {
+            self.unread.retain(|(task, _)| *task != done);
         }
+        let big = match Held::new(bytes) {
+            Held::Bytes(b) => return Ok(Body::Inline(b)),
+            Held::Shared(big) => big,
+        };
+        self.big_tx.send(self.sent.note(&big)).map_err(|e| {
+            format!("could not send a big result to the pool ({e}); the pool is gone")
+        })?;
+        if big.is_pooled() {
+            self.unread.push((id, big));
+        }
+        Ok(Body::Shared)
     }
 
     /// Queues a reply; sends the batch when nothing else is waiting to run,
