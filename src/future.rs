@@ -1,7 +1,7 @@
 //! The one `Future` state machine, shared by both back ends.
 //!
 //! ```text
-//!   Pending ──claim──▶ Running ──complete──▶ Finished ──result()──▶ Taken
+//!   Pending ──claim──▶ Running ──complete──▶ Finished
 //!      │
 //!      └──cancel──▶ Cancelled
 //! ```
@@ -12,6 +12,13 @@
 //! work here; its dispatcher claims it when it sends it to a worker, and
 //! completes it when the answer comes back.
 //!
+//! The phase is one atomic word, so the common life of a task (claimed,
+//! completed, its result taken) takes no lock. Everything rarer (done
+//! callbacks, `wait`/`as_completed` watchers, an async waker, a thread
+//! asleep on the condvar) lives behind a mutex, and whoever adds one sets
+//! the word's `SLOW` bit under that mutex: completion then publishes under
+//! the mutex too, so nothing added is missed.
+//!
 //! Completion runs the done-callbacks first, on the completing thread, then
 //! publishes the result and wakes waiters: when `result()` returns, every
 //! callback added before completion has run. Cancellation is the exception,
@@ -20,7 +27,7 @@
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -66,30 +73,39 @@ fn next_task_id() -> u64 {
 /// How long a waiter spins and yields before it sleeps on the condvar.
 const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
-enum State<T> {
-    /// Not started.
-    Pending,
-    Running,
-    Cancelled,
-    /// The error is boxed so that a task's state stays small (two cache
-    /// lines for small results); only failures pay for the box.
-    Finished(Result<T, Box<Error>>),
-    /// Finished, with the result lent out to a done-callback added after the
-    /// end, which runs outside the lock (`failed`: the result is an `Err`).
-    Lent {
-        failed: bool,
-    },
-    /// The result was moved out by `result()` or `.await`.
-    Taken,
+/// The phase, in the low bits of [`Shared::phase`].
+const PHASE: u32 = 0b111;
+/// Not started.
+const PENDING: u32 = 0;
+/// Claimed: running on a thread, or sent to a worker process.
+const RUNNING: u32 = 1;
+/// A process task's one completer has been chosen and is writing the outcome.
+const COMPLETING: u32 = 2;
+/// The outcome is written and published.
+const FINISHED: u32 = 3;
+const CANCELLED: u32 = 4;
+/// With `FINISHED`: the outcome is an error.
+const FAILED: u32 = 1 << 3;
+/// Something waits on the mutex side (callbacks, watchers, a waker, a
+/// sleeping thread): the task must end under the mutex.
+const SLOW: u32 = 1 << 4;
+/// With `FINISHED`: `.await` moved the outcome out.
+const TAKEN: u32 = 1 << 5;
+
+fn is_done(word: u32) -> bool {
+    matches!(word & PHASE, FINISHED | CANCELLED)
 }
 
-struct Inner<T> {
-    state: State<T>,
+/// What sits behind the mutex.
+struct Slow<T> {
     /// Callbacks, watchers and a waker: most futures never have any, so
     /// they live in a box made on first use, which keeps every task small.
     extras: Option<Box<Extras<T>>>,
     /// Threads blocked on the condvar; completion skips the notify when 0.
     sleepers: u32,
+    /// True while a done-callback added after the end runs with the
+    /// outcome lent to it; callbacks added meanwhile queue up for it.
+    lent: bool,
 }
 
 struct Extras<T> {
@@ -98,7 +114,7 @@ struct Extras<T> {
     waker: Option<Waker>,
 }
 
-impl<T> Inner<T> {
+impl<T> Slow<T> {
     fn extras(&mut self) -> &mut Extras<T> {
         self.extras.get_or_insert_with(|| {
             Box::new(Extras {
@@ -201,13 +217,22 @@ pub(crate) struct Shared<T, W: ?Sized = dyn WorkSlot<T>> {
     refs: AtomicUsize,
     tag: TaskTag,
     pool: u64,
-    inner: Mutex<Inner<T>>,
+    /// The phase and flags (`PENDING`, ..., `SLOW`).
+    phase: AtomicU32,
+    slow: Mutex<Slow<T>>,
     cond: Condvar,
-    /// Set (under the lock) when the task ends, so a waiter can spin on it
-    /// briefly before it sleeps, and `done()` need not lock.
-    ended: AtomicBool,
+    /// The outcome. Written once, by the thread that completes the task,
+    /// before it publishes `FINISHED`; after that only moved out by the
+    /// future's owner (`result` consumes the future, `poll` has it `&mut`)
+    /// or lent to callbacks by the one thread that set `Slow::lent`.
+    outcome: UnsafeCell<Option<Result<T, Box<Error>>>>,
     work: W,
 }
+
+// SAFETY: the outcome cell is only touched as its doc says: one thread at a
+// time, and it only moves `T` between threads, so `T: Send` is enough (as
+// for `Mutex<T>`). The rest is `Sync` by itself.
+unsafe impl<T: Send, W: ?Sized + Sync> Sync for Shared<T, W> {}
 
 /// A task in a thread pool's queue, with its result type erased.
 pub(crate) trait Job: Send + Sync {
@@ -221,15 +246,6 @@ pub(crate) trait Job: Send + Sync {
     fn cancel(&self) -> bool;
     /// Fails the task with `err` if it has not started.
     fn fail_if_pending(&self, err: Error);
-}
-
-impl<T> State<T> {
-    fn is_done(&self) -> bool {
-        matches!(
-            self,
-            State::Cancelled | State::Finished(_) | State::Lent { .. } | State::Taken
-        )
-    }
 }
 
 impl<T: Send + 'static> Shared<T> {
@@ -275,23 +291,32 @@ impl<T, W> Shared<T, W> {
                 name,
             },
             pool,
-            inner: Mutex::new(Inner {
-                state: State::Pending,
+            phase: AtomicU32::new(PENDING),
+            slow: Mutex::new(Slow {
                 extras: None,
                 sleepers: 0,
+                lent: false,
             }),
             cond: Condvar::new(),
-            ended: AtomicBool::new(false),
+            outcome: UnsafeCell::new(None),
             work,
         }
     }
 }
 
 impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
-    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
-        // User code never runs under this lock except callbacks on a finished
-        // future, which are caught; a poisoned lock still holds a valid state.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Slow<T>> {
+        // User code never runs under this lock, so a poisoned lock (a panic
+        // in the library itself) still holds valid data.
+        self.slow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the mutex side and sets `SLOW`, so that the task ends under
+    /// the lock from now on; returns the guard and the word as it was.
+    fn lock_slow(&self) -> (MutexGuard<'_, Slow<T>>, u32) {
+        let g = self.lock();
+        let word = self.phase.fetch_or(SLOW, Ordering::AcqRel);
+        (g, word)
     }
 
     /// The task's name, for named tasks ("a closure" otherwise).
@@ -305,32 +330,43 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         self.tag.id
     }
 
+    /// Moves the phase from `from` to `to`, keeping the flags; false if the
+    /// phase is not `from`.
+    fn advance(&self, from: u32, to: u32) -> bool {
+        self.advance_from(&[from], to)
+    }
+
+    /// Moves the phase from any of `from` to `to`, keeping the flags; false
+    /// if the phase is none of them.
+    fn advance_from(&self, from: &[u32], to: u32) -> bool {
+        let mut word = self.phase.load(Ordering::Acquire);
+        loop {
+            if !from.contains(&(word & PHASE)) {
+                return false;
+            }
+            match self.phase.compare_exchange_weak(
+                word,
+                (word & !PHASE) | to,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => word = now,
+            }
+        }
+    }
+
     /// Moves a pending thread task to running: true if this thread now owns
     /// its work; false if it was cancelled or claimed, or runs elsewhere.
     fn claim(&self) -> bool {
-        if !self.work.has_work() {
-            return false;
-        }
-        let mut g = self.lock();
-        if matches!(g.state, State::Pending) {
-            g.state = State::Running;
-            true
-        } else {
-            false
-        }
+        self.work.has_work() && self.advance(PENDING, RUNNING)
     }
 
     /// For process tasks: marks the task running as it is sent to a worker.
     /// False if it was cancelled (it must then not be sent).
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn claim_remote(&self) -> bool {
-        let mut g = self.lock();
-        if matches!(g.state, State::Pending) && !self.work.has_work() {
-            g.state = State::Running;
-            true
-        } else {
-            false
-        }
+        !self.work.has_work() && self.advance(PENDING, RUNNING)
     }
 
     /// Runs the work this thread claimed, catching a panic, and completes
@@ -346,24 +382,56 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             Ok(None) => Err(Error::Cancelled),
             Err(p) => Err(Error::from_panic(p)),
         };
-        self.complete_then(result, finishing);
+        // SAFETY: this thread claimed the task: it is its one completer.
+        unsafe { self.publish(result, finishing) };
     }
 
-    /// Ends a running task with `result`: callbacks, then waiters.
+    /// Ends a process task with `result` (it may not have been sent yet,
+    /// e.g. when its argument could not be encoded): callbacks, then
+    /// waiters. Of several threads that race to complete it, the first wins
+    /// and the others' results are dropped.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn complete(&self, result: Result<T, Error>) {
-        self.complete_then(result, &|| {});
+        if self.advance_from(&[PENDING, RUNNING], COMPLETING) {
+            // SAFETY: moving it to `COMPLETING` made this thread the one
+            // completer.
+            unsafe { self.publish(result, &|| {}) };
+        }
     }
 
-    /// [`complete`](Self::complete), calling `finishing` after the callbacks
-    /// and before the result is published.
-    fn complete_then(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
-        let mut g = self.lock();
-        if g.state.is_done() {
-            drop(g);
-            finishing();
-            return;
+    /// Runs the callbacks, calls `finishing`, then writes and publishes
+    /// `result` and wakes whoever waits.
+    ///
+    /// # Safety
+    /// Only the task's one completer calls it, once: the thread that claimed
+    /// a thread task, or that moved a process task to `COMPLETING`.
+    unsafe fn publish(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
+        let failed = if result.is_err() { FAILED } else { 0 };
+        let mut result = Some(result);
+        let mut finishing = Some(finishing);
+        let word = self.phase.load(Ordering::Acquire);
+        if word & SLOW == 0 {
+            if let Some(f) = finishing.take() {
+                f();
+            }
+            let r = result.take().map(|r| r.map_err(Box::new));
+            // SAFETY: the outcome is not published yet, and this thread is
+            // the one completer: nobody else touches the cell.
+            unsafe { *self.outcome.get() = r };
+            let done = (word & !PHASE) | FINISHED | failed;
+            if self
+                .phase
+                .compare_exchange(word, done, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+            // `SLOW` was set meanwhile: take the outcome back, end below.
+            // SAFETY: as above, it is still unpublished.
+            result = unsafe { (*self.outcome.get()).take() }.map(|r| r.map_err(|e| *e));
         }
+        let Some(result) = result else { return };
+        let mut g = self.lock();
         loop {
             let callbacks = g.take_callbacks();
             if callbacks.is_empty() {
@@ -373,14 +441,21 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             run_callbacks(callbacks, &result);
             g = self.lock();
         }
-        finishing();
-        g.state = State::Finished(result.map_err(Box::new));
-        self.ended.store(true, Ordering::Release);
+        if let Some(f) = finishing {
+            f();
+        }
+        // SAFETY: as above; `SLOW` is set, so nobody reads the cell before
+        // the phase is published below under the lock.
+        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        let word = self.phase.load(Ordering::Relaxed);
+        self.phase
+            .store((word & !PHASE) | FINISHED | failed, Ordering::Release);
         self.wake_all(g);
     }
 
-    /// Publishes a final state to everyone waiting; releases the lock.
-    fn wake_all(&self, mut g: MutexGuard<'_, Inner<T>>) {
+    /// After the phase became final under the lock: wakes sleepers,
+    /// watchers and the waker; releases the lock.
+    fn wake_all(&self, mut g: MutexGuard<'_, Slow<T>>) {
         if g.sleepers > 0 {
             self.cond.notify_all();
         }
@@ -401,18 +476,41 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// Ends a pending task with `err` (`Cancelled` gives the cancelled
     /// state). True if it was pending, or already cancelled.
     pub(crate) fn cancel_with(&self, err: Error) -> bool {
-        let mut g = self.lock();
-        if !matches!(g.state, State::Pending) {
-            return matches!(g.state, State::Cancelled);
+        let cancelling = err == Error::Cancelled;
+        let to = if cancelling { CANCELLED } else { COMPLETING };
+        if !self.advance(PENDING, to) {
+            return self.phase.load(Ordering::Acquire) & PHASE == CANCELLED;
         }
-        let callbacks = g.take_callbacks();
-        self.ended.store(true, Ordering::Release);
-        g.state = if err == Error::Cancelled {
-            State::Cancelled
+        if !cancelling {
+            // SAFETY: moving it to `COMPLETING` made this thread the one
+            // completer; the outcome is published below.
+            unsafe { *self.outcome.get() = Some(Err(Box::new(err.clone()))) };
+        }
+        let fin = if cancelling {
+            CANCELLED
         } else {
-            State::Finished(Err(Box::new(err.clone())))
+            FINISHED | FAILED
         };
-        self.wake_all(g);
+        let mut word = self.phase.load(Ordering::Acquire);
+        let callbacks = loop {
+            if word & SLOW != 0 {
+                let mut g = self.lock();
+                let callbacks = g.take_callbacks();
+                let word = self.phase.load(Ordering::Relaxed);
+                self.phase.store((word & !PHASE) | fin, Ordering::Release);
+                self.wake_all(g);
+                break callbacks;
+            }
+            match self.phase.compare_exchange(
+                word,
+                (word & !PHASE) | fin,
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break Vec::new(),
+                Err(now) => word = now,
+            }
+        };
         // The work may own anything, even the last handle of an executor:
         // drop it outside the lock.
         // SAFETY: this thread moved the task out of `Pending`.
@@ -432,9 +530,9 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             return Ok(true);
         }
         let mut checked = deadline.is_some() || deadlock::current_pool().is_none();
-        let mut g = self.lock();
+        let (mut g, _) = self.lock_slow();
         loop {
-            if g.state.is_done() {
+            if self.is_done() {
                 return Ok(true);
             }
             if !checked {
@@ -473,7 +571,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// ended.
     fn spin_until_ended(&self, deadline: Option<Instant>) -> bool {
         for step in 0..7 {
-            if self.ended.load(Ordering::Acquire) {
+            if self.is_done() {
                 return true;
             }
             for _ in 0..(1u32 << step) {
@@ -486,12 +584,12 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             None => now + SPIN_BUDGET,
         };
         while Instant::now() < until {
-            if self.ended.load(Ordering::Acquire) {
+            if self.is_done() {
                 return true;
             }
             std::thread::yield_now();
         }
-        self.ended.load(Ordering::Acquire)
+        self.is_done()
     }
 
     /// On a thread of this task's pool: if the task has not started, runs it
@@ -512,22 +610,20 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     }
 
     fn is_done(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        is_done(self.phase.load(Ordering::Acquire))
     }
 
     /// True if the task finished with an error (not counting cancellation).
     pub(crate) fn failed(&self) -> bool {
-        matches!(
-            self.lock().state,
-            State::Finished(Err(_)) | State::Lent { failed: true }
-        )
+        let word = self.phase.load(Ordering::Acquire);
+        word & PHASE == FINISHED && word & FAILED != 0
     }
 
     /// Calls `w` when the task ends. Returns false, without keeping `w`, if
     /// it has ended already.
     pub(crate) fn watch(&self, key: u64, w: Watcher) -> bool {
-        let mut g = self.lock();
-        if g.state.is_done() {
+        let (mut g, word) = self.lock_slow();
+        if is_done(word) {
             return false;
         }
         g.extras().watchers.push((key, w));
@@ -541,21 +637,40 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         }
     }
 
-    /// Moves the result out of a finished future.
-    fn take(&self, g: &mut Inner<T>) -> Result<T, Error> {
-        match std::mem::replace(&mut g.state, State::Taken) {
-            State::Finished(r) => r.map_err(|e| *e),
-            State::Cancelled => {
-                g.state = State::Cancelled;
-                Err(Error::Cancelled)
+    /// Moves the outcome out of an ended task;
+    /// `mark`: remember that it was taken (for `poll`; `result` consumes
+    /// the future, so nobody could ask again).
+    ///
+    /// # Safety
+    /// The caller owns the task's `Future` exclusively (`result` consumes
+    /// it, `poll` has it `&mut`), so no callback has the outcome lent.
+    unsafe fn take(&self, mark: bool) -> Result<T, Error> {
+        let word = self.phase.load(Ordering::Acquire);
+        match word & PHASE {
+            FINISHED if word & TAKEN == 0 => {
+                if mark {
+                    self.phase.fetch_or(TAKEN, Ordering::Relaxed);
+                }
+                // SAFETY: published, and the caller's exclusivity keeps
+                // everyone else off the cell.
+                match unsafe { (*self.outcome.get()).take() } {
+                    Some(r) => r.map_err(|e| *e),
+                    None => Err(taken()),
+                }
             }
-            other => {
-                g.state = other;
-                Err(Error::InvalidArgument {
-                    reason: "the result of this future was already taken by .await".into(),
-                })
-            }
+            CANCELLED => Err(Error::Cancelled),
+            FINISHED => Err(taken()),
+            _ => Err(Error::InvalidArgument {
+                reason: "the task has not ended yet".into(),
+            }),
         }
+    }
+}
+
+/// The error for a result asked for after `.await` took it.
+fn taken() -> Error {
+    Error::InvalidArgument {
+        reason: "the result of this future was already taken by .await".into(),
     }
 }
 
@@ -630,8 +745,8 @@ impl<T: Send + 'static> Future<T> {
     /// [`Error::Deadlock`] at once instead of hanging.
     pub fn result(self) -> Result<T, Error> {
         self.shared.wait_until(None)?;
-        let mut g = self.shared.lock();
-        self.shared.take(&mut g)
+        // SAFETY: `self` is owned here.
+        unsafe { self.shared.take(false) }
     }
 
     /// Like [`result`](Self::result), but gives up with [`Error::Timeout`]
@@ -641,8 +756,8 @@ impl<T: Send + 'static> Future<T> {
         if !self.shared.wait_until(Some(deadline_after(timeout)))? {
             return Err(Error::Timeout);
         }
-        let mut g = self.shared.lock();
-        self.shared.take(&mut g)
+        // SAFETY: `self` is owned here.
+        unsafe { self.shared.take(false) }
     }
 
     /// Blocks until the task ends (finished or cancelled).
@@ -705,13 +820,16 @@ impl<T: Send + 'static> Future<T> {
 
     /// True if the task was cancelled.
     pub fn cancelled(&self) -> bool {
-        matches!(self.shared.lock().state, State::Cancelled)
+        self.shared.phase.load(Ordering::Acquire) & PHASE == CANCELLED
     }
 
     /// True while the task runs (for a process pool: from the moment it is
     /// sent to a worker, as in Python).
     pub fn running(&self) -> bool {
-        matches!(self.shared.lock().state, State::Running)
+        matches!(
+            self.shared.phase.load(Ordering::Acquire) & PHASE,
+            RUNNING | COMPLETING
+        )
     }
 
     /// True if the task was cancelled or has finished.
@@ -733,46 +851,44 @@ impl<T: Send + 'static> Future<T> {
     where
         F: FnOnce(&Result<T, Error>) + Send + 'static,
     {
-        let mut g = self.shared.lock();
-        match &g.state {
-            State::Pending | State::Running => g.extras().callbacks.push(Box::new(f)),
-            State::Cancelled => {
-                drop(g);
-                run_callback(Box::new(f), &Err(Error::Cancelled));
-            }
-            State::Finished(r) => {
-                let failed = r.is_err();
-                let State::Finished(r) = std::mem::replace(&mut g.state, State::Lent { failed })
-                else {
-                    return;
-                };
-                let r = r.map_err(|e| *e);
-                drop(g);
-                run_callback(Box::new(f), &r);
-                // Callbacks added while the result was lent run here too.
-                let mut g = self.shared.lock();
-                loop {
-                    let callbacks = g.take_callbacks();
-                    if callbacks.is_empty() {
-                        break;
-                    }
-                    drop(g);
-                    run_callbacks(callbacks, &r);
-                    g = self.shared.lock();
-                }
-                g.state = State::Finished(r.map_err(Box::new));
-            }
-            State::Lent { .. } => g.extras().callbacks.push(Box::new(f)),
-            State::Taken => {
-                drop(g);
-                run_callback(
-                    Box::new(f),
-                    &Err(Error::InvalidArgument {
-                        reason: "the result of this future was already taken by .await".into(),
-                    }),
-                );
-            }
+        let shared = &self.shared;
+        let (mut g, word) = shared.lock_slow();
+        if !is_done(word) || g.lent {
+            // The completer, or the thread the outcome is lent to, runs it.
+            g.extras().callbacks.push(Box::new(f));
+            return;
         }
+        if word & PHASE == CANCELLED {
+            drop(g);
+            run_callback(Box::new(f), &Err(Error::Cancelled));
+            return;
+        }
+        // SAFETY: finished, and this thread now holds the one lending right
+        // (`lent`); the owner cannot take the outcome while `self` is
+        // borrowed here.
+        let Some(r) = (unsafe { (*shared.outcome.get()).take() }) else {
+            drop(g);
+            run_callback(Box::new(f), &Err(taken()));
+            return;
+        };
+        g.lent = true;
+        drop(g);
+        let r = r.map_err(|e| *e);
+        run_callback(Box::new(f), &r);
+        // Callbacks added while the outcome was lent run here too.
+        let mut g = shared.lock();
+        loop {
+            let callbacks = g.take_callbacks();
+            if callbacks.is_empty() {
+                break;
+            }
+            drop(g);
+            run_callbacks(callbacks, &r);
+            g = shared.lock();
+        }
+        // SAFETY: still under the lending right, given back just below.
+        unsafe { *shared.outcome.get() = Some(r.map_err(Box::new)) };
+        g.lent = false;
     }
 }
 
@@ -781,9 +897,15 @@ impl<T: Send + 'static> std::future::Future for Future<T> {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let shared = &self.shared;
-        let mut g = shared.lock();
-        if g.state.is_done() {
-            return Poll::Ready(shared.take(&mut g));
+        if shared.is_done() {
+            // SAFETY: `poll` has the future `&mut`.
+            return Poll::Ready(unsafe { shared.take(true) });
+        }
+        let (mut g, word) = shared.lock_slow();
+        if is_done(word) {
+            drop(g);
+            // SAFETY: as above.
+            return Poll::Ready(unsafe { shared.take(true) });
         }
         let extras = g.extras();
         match &extras.waker {
