@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 
 use super::wire::{
-    Big, Body, Held, Hello, Note, Outcome, Reader, Received, Reply, Request, Sent, Writer,
+    Big, Body, Held, Hello, Note, Outcome, Reader, Received, Reply, Request, Sent, Writer, BIG,
     PROTOCOL_VERSION,
 };
 use crate::{Error, Registry};
@@ -256,6 +256,11 @@ impl Worker<'_> {
     /// shared-memory segment, pooled if one is free. A pooled one is kept
     /// until the pool says it has read it.
     fn put_body(&mut self, id: u64, bytes: Vec<u8>) -> Result<Body, String> {
+        if bytes.len() < BIG {
+            return Ok(Body::Inline(bytes));
+        }
+        // Only for big results: each look at the release channel is a
+        // system call, too dear for every small reply.
         while let Ok(done) = self.released.try_recv() {
             self.unread.retain(|(task, _)| *task != done);
         }
