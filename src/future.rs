@@ -140,8 +140,8 @@ pub(crate) type Stopper = Arc<dyn Fn(u64) + Send + Sync>;
 /// allocation per task, not two).
 ///
 /// Access rule: the work is touched only by the thread that moves the task
-/// out of `Pending` (to run it, or to cancel it and drop it); the state lock
-/// makes that thread unique.
+/// out of `Pending` (to run it, or to cancel it and drop it); the
+/// compare-and-swap on the phase word makes that thread unique.
 pub(crate) trait WorkSlot<T>: Send + Sync {
     /// True for thread tasks, false for process tasks (their work is in the
     /// worker).
