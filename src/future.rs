@@ -406,31 +406,52 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// Only the task's one completer calls it, once: the thread that claimed
     /// a thread task, or that moved a process task to `COMPLETING`.
     unsafe fn publish(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
-        let failed = if result.is_err() { FAILED } else { 0 };
-        let mut result = Some(result);
-        let mut finishing = Some(finishing);
         let word = self.phase.load(Ordering::Acquire);
-        if word & SLOW == 0 {
-            if let Some(f) = finishing.take() {
-                f();
-            }
-            let r = result.take().map(|r| r.map_err(Box::new));
-            // SAFETY: the outcome is not published yet, and this thread is
-            // the one completer: nobody else touches the cell.
-            unsafe { *self.outcome.get() = r };
-            let done = (word & !PHASE) | FINISHED | failed;
-            if self
-                .phase
-                .compare_exchange(word, done, Ordering::Release, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
-            }
-            // `SLOW` was set meanwhile: take the outcome back, end below.
-            // SAFETY: as above, it is still unpublished.
-            result = unsafe { (*self.outcome.get()).take() }.map(|r| r.map_err(|e| *e));
+        if word & SLOW != 0 {
+            // SAFETY: the caller's promise.
+            return unsafe { self.publish_slow(result, finishing) };
         }
-        let Some(result) = result else { return };
+        finishing();
+        // SAFETY: the caller's promise.
+        if let Err(result) = unsafe { self.publish_fast(word, result) } {
+            // SAFETY: the caller's promise; `finishing` was called.
+            unsafe { self.publish_slow(result, &|| {}) };
+        }
+    }
+
+    /// Publishes `result` without the lock, if the phase word is still
+    /// `word` (which has no `SLOW`); gives it back if someone set `SLOW`
+    /// meanwhile, and the task must end under the lock.
+    ///
+    /// # Safety
+    /// As for [`publish`](Self::publish).
+    unsafe fn publish_fast(
+        &self,
+        word: u32,
+        result: Result<T, Error>,
+    ) -> Result<(), Result<T, Error>> {
+        let done = (word & !PHASE) | FINISHED | if result.is_err() { FAILED } else { 0 };
+        // SAFETY: the outcome is not published yet, and this thread is the
+        // one completer: nobody else touches the cell.
+        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        match (self.phase).compare_exchange(word, done, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => Ok(()),
+            // SAFETY: as above, it is still unpublished.
+            Err(_) => match unsafe { (*self.outcome.get()).take() } {
+                Some(result) => Err(result.map_err(|e| *e)),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Ends the task under the lock: runs the callbacks (also those added
+    /// while they run), calls `finishing`, publishes `result`, and wakes
+    /// sleepers, watchers and the waker.
+    ///
+    /// # Safety
+    /// As for [`publish`](Self::publish).
+    unsafe fn publish_slow(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
+        let failed = if result.is_err() { FAILED } else { 0 };
         let mut g = self.lock();
         loop {
             let callbacks = g.take_callbacks();
@@ -441,12 +462,13 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             run_callbacks(callbacks, &result);
             g = self.lock();
         }
-        if let Some(f) = finishing {
-            f();
-        }
-        // SAFETY: as above; `SLOW` is set, so nobody reads the cell before
-        // the phase is published below under the lock.
+        finishing();
+        // SAFETY: the outcome is not published yet, and this thread is the
+        // one completer; `SLOW` is set, so nobody reads the cell before the
+        // phase is published below, under the lock.
         unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        // Nobody else changes the word now: flags are set under the lock,
+        // and the phase is this thread's to move.
         let word = self.phase.load(Ordering::Relaxed);
         self.phase
             .store((word & !PHASE) | FINISHED | failed, Ordering::Release);
@@ -939,5 +961,50 @@ mod tests {
         let n = 7u64;
         let size = state_of(move || Ok(n + 1));
         assert!(size <= 128, "a u64 task's state takes {size} bytes");
+    }
+
+    /// The race the lock-free completion must get right, played step by
+    /// step: the completer looks at the word (no `SLOW`), a callback is
+    /// added, then the completer tries to publish with its stale look.
+    #[test]
+    fn a_callback_added_after_the_completers_look_still_runs() {
+        let shared = Shared::<u64>::remote(0, None, Arc::new(|_| {}));
+        assert!(shared.claim_remote());
+        assert!(shared.advance(RUNNING, COMPLETING));
+        let look = shared.phase.load(Ordering::Acquire);
+        assert_eq!(look & SLOW, 0);
+
+        let future = Future::new(shared.clone());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let seen = ran.clone();
+        future.add_done_callback(move |r| {
+            assert_eq!(r, &Ok(5));
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the task has not ended");
+
+        // SAFETY: this thread moved the task to COMPLETING.
+        let back = unsafe { shared.publish_fast(look, Ok(5)) };
+        let Err(result) = back else {
+            panic!("a stale look must not publish: the callback would be lost");
+        };
+        assert!(!future.done());
+        // SAFETY: as above.
+        unsafe { shared.publish_slow(result, &|| {}) };
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(future.result(), Ok(5));
+    }
+
+    /// Without anyone on the mutex side, completion publishes lock-free.
+    #[test]
+    fn a_lone_completion_publishes_without_the_lock() {
+        let shared = Shared::<u64>::remote(0, None, Arc::new(|_| {}));
+        assert!(shared.claim_remote());
+        assert!(shared.advance(RUNNING, COMPLETING));
+        let look = shared.phase.load(Ordering::Acquire);
+        // SAFETY: this thread moved the task to COMPLETING.
+        assert!(unsafe { shared.publish_fast(look, Err(Error::Timeout)) }.is_ok());
+        assert!(shared.failed());
+        assert_eq!(Future::new(shared).result(), Err(Error::Timeout));
     }
 }

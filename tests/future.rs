@@ -425,3 +425,100 @@ fn callback_on_a_finished_future_may_use_that_future() {
     });
     assert_eq!(seen, (5, true));
 }
+
+/// Callbacks added while tasks are completing on other threads (the race
+/// the lock-free completion has to get right): each runs exactly once,
+/// with the task's result, and before `result()` returns.
+#[test]
+fn callbacks_racing_completion_each_run_once_before_result() {
+    let ex = Executor::threads(2);
+    for round in 0..20 {
+        let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..500).map(|_| AtomicUsize::new(0)).collect());
+        let futures: Vec<_> = (0..500usize)
+            .map(|i| {
+                let f = ex.submit(move || i * 3).unwrap();
+                let runs = runs.clone();
+                f.add_done_callback(move |r| {
+                    assert_eq!(r, &Ok(i * 3));
+                    runs[i].fetch_add(1, Ordering::SeqCst);
+                });
+                f
+            })
+            .collect();
+        for (i, f) in futures.into_iter().enumerate() {
+            assert_eq!(f.result(), Ok(i * 3), "round {round}");
+            assert_eq!(runs[i].load(Ordering::SeqCst), 1, "round {round}, task {i}");
+        }
+    }
+}
+
+/// Cancels racing the workers' claims: every task either ran once and
+/// finished, or never ran and is cancelled, never both or neither.
+#[test]
+fn cancels_racing_claims_leave_each_task_run_once_or_cancelled() {
+    let ex = Executor::threads(2);
+    for round in 0..20 {
+        let ran: Arc<Vec<AtomicUsize>> = Arc::new((0..500).map(|_| AtomicUsize::new(0)).collect());
+        let futures: Vec<_> = (0..500usize)
+            .map(|i| {
+                let ran = ran.clone();
+                ex.submit(move || {
+                    ran[i].fetch_add(1, Ordering::SeqCst);
+                    i
+                })
+                .unwrap()
+            })
+            .collect();
+        let cancelled: Vec<bool> = futures.iter().rev().map(|f| f.cancel()).collect();
+        for (i, (f, was_cancelled)) in futures
+            .into_iter()
+            .zip(cancelled.into_iter().rev())
+            .enumerate()
+        {
+            let result = f.result();
+            let runs = ran[i].load(Ordering::SeqCst);
+            if was_cancelled {
+                assert_eq!(
+                    (result, runs),
+                    (Err(Error::Cancelled), 0),
+                    "round {round}, task {i}"
+                );
+            } else {
+                assert_eq!((result, runs), (Ok(i), 1), "round {round}, task {i}");
+            }
+        }
+    }
+}
+
+/// Waiters that go to sleep while tasks complete (the `SLOW` path) are all
+/// woken: many threads each wait on every future of a batch.
+#[test]
+fn sleeping_waiters_racing_completion_are_all_woken() {
+    let ex = Executor::threads(2);
+    for _ in 0..10 {
+        let futures: Arc<Vec<Future<usize>>> = Arc::new(
+            (0..200usize)
+                .map(|i| {
+                    ex.submit(move || {
+                        // Long enough that some waiters give up spinning.
+                        thread::sleep(Duration::from_micros(if i % 50 == 0 { 200 } else { 0 }));
+                        i
+                    })
+                    .unwrap()
+                })
+                .collect(),
+        );
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let futures = futures.clone();
+                thread::spawn(move || futures.iter().all(|f| f.wait_timeout(LONG)))
+            })
+            .collect();
+        for w in waiters {
+            assert!(
+                w.join().unwrap(),
+                "a waiter timed out: a completion missed it"
+            );
+        }
+    }
+}
