@@ -467,11 +467,16 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         // one completer; `SLOW` is set, so nobody reads the cell before the
         // phase is published below, under the lock.
         unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        self.end_locked(g, FINISHED | failed);
+    }
+
+    /// Publishes the final phase `fin` (with its flags) under the lock `g`,
+    /// then wakes sleepers, watchers and the waker; releases the lock.
+    fn end_locked(&self, g: MutexGuard<'_, Slow<T>>, fin: u32) {
         // Nobody else changes the word now: flags are set under the lock,
         // and the phase is this thread's to move.
         let word = self.phase.load(Ordering::Relaxed);
-        self.phase
-            .store((word & !PHASE) | FINISHED | failed, Ordering::Release);
+        self.phase.store((word & !PHASE) | fin, Ordering::Release);
         self.wake_all(g);
     }
 
@@ -518,9 +523,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             if word & SLOW != 0 {
                 let mut g = self.lock();
                 let callbacks = g.take_callbacks();
-                let word = self.phase.load(Ordering::Relaxed);
-                self.phase.store((word & !PHASE) | fin, Ordering::Release);
-                self.wake_all(g);
+                self.end_locked(g, fin);
                 break callbacks;
             }
             match self.phase.compare_exchange(

@@ -116,7 +116,7 @@ impl ThreadPool {
             return self.submit_starting(job);
         }
         if self.common.closed.load(Ordering::SeqCst) {
-            return Err(self.refusal());
+            return Err(refusal(&self.common.lock()));
         }
         // The receiver lives in `self`, so the queue cannot be disconnected.
         if self.tx.send(Some(job)).is_err() {
@@ -126,7 +126,7 @@ impl ThreadPool {
         // marks or drains the queue: if it is still unset here, the job is
         // ahead of them and will run or be failed.
         if self.common.closed.load(Ordering::SeqCst) && cancel() {
-            return Err(self.refusal());
+            return Err(refusal(&self.common.lock()));
         }
         Ok(())
     }
@@ -147,26 +147,11 @@ impl ThreadPool {
         }
     }
 
-    /// Why a submit is refused once the pool is closed.
-    fn refusal(&self) -> Error {
-        match &self.common.lock().broken {
-            Some(reason) => Error::BrokenPool {
-                reason: reason.clone(),
-            },
-            None => Error::Shutdown,
-        }
-    }
-
     /// The submit of a pool still starting threads: under the lock.
     fn submit_starting(&self, job: Counted<dyn Job>) -> Result<(), Error> {
         let mut st = self.common.lock();
-        if let Some(reason) = &st.broken {
-            return Err(Error::BrokenPool {
-                reason: reason.clone(),
-            });
-        }
         if self.common.closed.load(Ordering::SeqCst) {
-            return Err(Error::Shutdown);
+            return Err(refusal(&st));
         }
         // Under the lock, so a shutdown or a breaking thread (which take it
         // to close the pool) queue marks or drain after this job.
@@ -260,6 +245,17 @@ impl Drop for ThreadPool {
     /// senders of their own): make sure they get them.
     fn drop(&mut self) {
         self.shutdown(false, false);
+    }
+}
+
+/// Why a submit is refused once the pool is closed: broken (a breaking
+/// thread closes the pool too), or shut down.
+fn refusal(st: &State) -> Error {
+    match &st.broken {
+        Some(reason) => Error::BrokenPool {
+            reason: reason.clone(),
+        },
+        None => Error::Shutdown,
     }
 }
 
