@@ -28,15 +28,34 @@ pub enum Error {
         message: String,
     },
 
-    /// The worker process running the task exited or was killed.
+    /// The worker process running the task exited or was killed, and the
+    /// task was not run again (see `Builder::retries`).
     #[error(
-        "worker process {pid} died while running the task ({status}); the task did not finish"
+        "worker process {pid} died while running the task ({status}); the task did not finish{}",
+        tries_note(*tries)
     )]
     WorkerDied {
         /// The worker's process id.
         pid: u32,
-        /// How it ended: an exit code or a signal.
+        /// How it ended, in words: "exited with code 3", "was killed by
+        /// signal 9 (SIGKILL)".
         status: String,
+        /// How it ended, to match on.
+        exit: WorkerExit,
+        /// How many times the task was run, each time ending in its
+        /// worker's death (1 without `Builder::retries`).
+        tries: u32,
+    },
+
+    /// The task's worker process ran out of the memory it is allowed
+    /// (`Builder::worker_memory_limit`); the worker was replaced.
+    #[error(
+        "the task needed more memory than its worker process may use ({limit} bytes, set by \
+         Builder::worker_memory_limit); the worker was replaced and the task did not finish"
+    )]
+    OutOfMemory {
+        /// The limit, in bytes of address space.
+        limit: u64,
     },
 
     /// The task ran past its time limit (`Builder::task_timeout` or
@@ -118,6 +137,29 @@ pub enum Error {
         /// The tasks in the cycle, in order, each with its id, name and thread.
         cycle: String,
     },
+}
+
+/// How a worker process ended, in [`Error::WorkerDied`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerExit {
+    /// It exited with this code (`std::process::exit`, or returning from
+    /// `main`).
+    Code(i32),
+    /// It was killed by this signal (9 for SIGKILL, 11 for SIGSEGV, 6 for
+    /// SIGABRT, ...).
+    Signal(i32),
+    /// How it ended could not be read.
+    Unknown,
+}
+
+/// ", after 3 tries", when a task was run more than once.
+fn tries_note(tries: u32) -> String {
+    if tries > 1 {
+        format!(", after {tries} tries")
+    } else {
+        String::new()
+    }
 }
 
 impl Error {

@@ -50,7 +50,7 @@ mod registry;
 mod threads;
 mod wait;
 
-pub use error::Error;
+pub use error::{Error, WorkerExit};
 pub use executor::{Builder, Executor};
 pub use future::Future;
 pub use map::{Map, MapOptions};

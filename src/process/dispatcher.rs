@@ -756,10 +756,12 @@ impl Dispatcher {
         }
         let mut in_flight = s.lane.lock().drain();
         if let Some(running) = in_flight.pop_front() {
-            let err = s
-                .doom
-                .take()
-                .unwrap_or(Error::WorkerDied { pid: s.pid, status });
+            let err = s.doom.take().unwrap_or(Error::WorkerDied {
+                pid: s.pid,
+                status,
+                exit: crate::WorkerExit::Unknown,
+                tries: 1,
+            });
             log::warn!(
                 "twinpool: worker process {} stopped while running task {:?}: {err}",
                 s.pid,
@@ -838,6 +840,8 @@ impl Dispatcher {
             let left = s.lane.lock().drain();
             for q in left {
                 q.job.fail(Error::WorkerDied {
+                    exit: crate::WorkerExit::Unknown,
+                    tries: 1,
                     pid: s.pid,
                     status: "was stopped at shutdown".into(),
                 });

@@ -10,6 +10,9 @@
 //! shut down.
 
 mod dispatcher;
+pub(crate) mod scheduler;
+#[cfg(test)]
+mod sim;
 mod spawn;
 pub(crate) mod wire;
 mod worker;
