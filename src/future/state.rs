@@ -1,23 +1,47 @@
-//! The one `Future` state machine, shared by both back ends.
+//! The state of one task, shared by its [`Future`](super::Future) and by
+//! whoever runs it, for both back ends.
 //!
 //! ```text
 //!   Pending ──claim──▶ Running ──complete──▶ Finished
-//!      │
+//!      │                  └─(process task)─▶ Completing ──▶ Finished
 //!      └──cancel──▶ Cancelled
 //! ```
 //!
-//! A thread-pool task carries its work inside `Pending`; whoever claims it
-//! first runs it: a worker thread, or a pool thread that blocks on the future
-//! and helps (see [`crate::deadlock`]). A process-pool task is pending with no
-//! work here; its dispatcher claims it when it sends it to a worker, and
-//! completes it when the answer comes back.
+//! A thread-pool task carries its work inside the state (a [`WorkSlot`]);
+//! whoever claims it first runs it: a worker thread, or a pool thread that
+//! blocks on the future and helps (see [`crate::deadlock`]). A process-pool
+//! task is pending with no work here; its dispatcher claims it when it sends
+//! it to a worker ([`Shared::claim_remote`]), and completes it when the
+//! answer comes back ([`Shared::complete`]).
 //!
-//! The phase is one atomic word, so the common life of a task (claimed,
-//! completed, its result taken) takes no lock. Everything rarer (done
-//! callbacks, `wait`/`as_completed` watchers, an async waker, a thread
-//! asleep on the condvar) lives behind a mutex, and whoever adds one sets
-//! the word's `SLOW` bit under that mutex: completion then publishes under
-//! the mutex too, so nothing added is missed.
+//! # The phase word
+//!
+//! The phase and its flags are one `AtomicU32`, so the common life of a task
+//! (claimed, completed, its result taken) takes no lock. Everything rarer
+//! (done-callbacks, `wait`/`as_completed` watchers, an async waker, a thread
+//! asleep on the condvar) lives behind the mutex, in [`Slow`].
+//!
+//! | bits | name | meaning | set by | under the mutex? |
+//! |---|---|---|---|---|
+//! | 0..3 | `PENDING` (0) | not started; the work is still in its slot | [`Shared::build`] | no (not shared yet) |
+//! | 0..3 | `RUNNING` (1) | claimed: this thread, or a worker process, owns the work | the claimer, by CAS from `PENDING` | no |
+//! | 0..3 | `COMPLETING` (2) | a process task's (or a failed pending task's) one completer is chosen and writes the outcome | that completer, by CAS from `PENDING`/`RUNNING` | no |
+//! | 0..3 | `FINISHED` (3) | the outcome is written and published | the completer | only when `SLOW` is set |
+//! | 0..3 | `CANCELLED` (4) | ended without running; there is no outcome in the cell | the canceller, by CAS from `PENDING` | only when `SLOW` is set |
+//! | 3 | `FAILED` | with `FINISHED`: the outcome is an error | the completer, with `FINISHED` | as `FINISHED` |
+//! | 4 | `SLOW` | someone uses the mutex side: the task must end under the mutex | whoever adds a callback, watcher, waker or sleeper | yes, always |
+//! | 5 | `TAKEN` | with `FINISHED`: `.await` moved the outcome out | the future's owner, in `poll` | no (the owner is alone) |
+//!
+//! The rule that makes the lock-free path safe: `SLOW` is only ever set
+//! under the mutex, and a completer that sees it clear publishes with one
+//! compare-and-swap from the exact word it looked at. If someone set `SLOW`
+//! meanwhile, the swap fails and the completer ends the task under the
+//! mutex instead, where it sees everything that was added.
+//!
+//! The phase bits themselves move forward only, and each move out of
+//! `PENDING` (or into `COMPLETING`) is a compare-and-swap: exactly one
+//! thread wins it, and that thread alone touches the work and writes the
+//! outcome.
 //!
 //! Completion runs the done-callbacks first, on the completing thread, then
 //! publishes the result and wakes waiters: when `result()` returns, every
@@ -38,7 +62,8 @@ use crate::Error;
 
 /// The work of a thread-pool task, when it has to be boxed.
 pub(crate) type Work<T> = Box<dyn FnOnce() -> Result<T, Error> + Send>;
-type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
+/// A done-callback, boxed.
+pub(super) type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
 /// Told when a future ends; used by `wait` and `as_completed`.
 pub(crate) type Watcher = Arc<dyn Fn() + Send + Sync>;
 
@@ -304,6 +329,19 @@ impl<T, W> Shared<T, W> {
     }
 }
 
+impl<T, W: ?Sized> Shared<T, W> {
+    /// The task's name, for named tasks ("a closure" otherwise).
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn name(&self) -> Arc<str> {
+        self.tag.name.clone().unwrap_or_else(|| "a closure".into())
+    }
+
+    /// The task's id, unique in this process.
+    pub(crate) fn id(&self) -> u64 {
+        self.tag.id
+    }
+}
+
 impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     fn lock(&self) -> MutexGuard<'_, Slow<T>> {
         // User code never runs under this lock, so a poisoned lock (a panic
@@ -317,17 +355,6 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         let g = self.lock();
         let word = self.phase.fetch_or(SLOW, Ordering::AcqRel);
         (g, word)
-    }
-
-    /// The task's name, for named tasks ("a closure" otherwise).
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn name(&self) -> Arc<str> {
-        self.tag.name.clone().unwrap_or_else(|| "a closure".into())
-    }
-
-    /// The task's id, unique in this process.
-    pub(crate) fn id(&self) -> u64 {
-        self.tag.id
     }
 
     /// Moves the phase from `from` to `to`, keeping the flags; false if the
@@ -548,7 +575,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// ended, Ok(false) on timeout. An untimed wait on a pool thread helps
     /// (runs the task here if it has not started) or is refused with
     /// `Deadlock` when it could never end.
-    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+    pub(super) fn wait_until(&self, deadline: Option<Instant>) -> Result<bool, Error> {
         // Held until this wait returns: the recorded "I wait for this task".
         let mut _edge = None;
         if self.spin_until_ended(deadline) {
@@ -634,7 +661,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         true
     }
 
-    fn is_done(&self) -> bool {
+    pub(super) fn is_done(&self) -> bool {
         is_done(self.phase.load(Ordering::Acquire))
     }
 
@@ -669,7 +696,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// # Safety
     /// The caller owns the task's `Future` exclusively (`result` consumes
     /// it, `poll` has it `&mut`), so no callback has the outcome lent.
-    unsafe fn take(&self, mark: bool) -> Result<T, Error> {
+    pub(super) unsafe fn take(&self, mark: bool) -> Result<T, Error> {
         let word = self.phase.load(Ordering::Acquire);
         match word & PHASE {
             FINISHED if word & TAKEN == 0 => {
@@ -689,6 +716,92 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
                 reason: "the task has not ended yet".into(),
             }),
         }
+    }
+}
+
+impl<T: Send + 'static> Shared<T> {
+    /// True if the task was cancelled.
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.phase.load(Ordering::Acquire) & PHASE == CANCELLED
+    }
+
+    /// True while the task runs (claimed, not yet published).
+    pub(super) fn is_running(&self) -> bool {
+        matches!(
+            self.phase.load(Ordering::Acquire) & PHASE,
+            RUNNING | COMPLETING
+        )
+    }
+
+    /// How to stop the task once it runs (process tasks only).
+    pub(super) fn stopper(&self) -> Option<&Stopper> {
+        self.work.stopper()
+    }
+
+    /// Runs `cb` with the outcome once the task ends: see
+    /// [`Future::add_done_callback`](super::Future::add_done_callback).
+    pub(super) fn add_callback(&self, cb: Callback<T>) {
+        let (mut g, word) = self.lock_slow();
+        if !is_done(word) || g.lent {
+            // The completer, or the thread the outcome is lent to, runs it.
+            g.extras().callbacks.push(cb);
+            return;
+        }
+        if word & PHASE == CANCELLED {
+            drop(g);
+            run_callback(cb, &Err(Error::Cancelled));
+            return;
+        }
+        // SAFETY: finished, and this thread now holds the one lending right
+        // (`lent`); the owner cannot take the outcome while its future is
+        // borrowed by the caller.
+        let Some(r) = (unsafe { (*self.outcome.get()).take() }) else {
+            drop(g);
+            run_callback(cb, &Err(taken()));
+            return;
+        };
+        g.lent = true;
+        drop(g);
+        let r = r.map_err(|e| *e);
+        run_callback(cb, &r);
+        // Callbacks added while the outcome was lent run here too.
+        let mut g = self.lock();
+        loop {
+            let callbacks = g.take_callbacks();
+            if callbacks.is_empty() {
+                break;
+            }
+            drop(g);
+            run_callbacks(callbacks, &r);
+            g = self.lock();
+        }
+        // SAFETY: still under the lending right, given back just below.
+        unsafe { *self.outcome.get() = Some(r.map_err(Box::new)) };
+        g.lent = false;
+    }
+
+    /// The `poll` of `Future`: the outcome once ended, else registers the
+    /// waker.
+    ///
+    /// # Safety
+    /// The caller has the task's `Future` `&mut`.
+    pub(super) unsafe fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
+        if self.is_done() {
+            // SAFETY: the caller's promise.
+            return Poll::Ready(unsafe { self.take(true) });
+        }
+        let (mut g, word) = self.lock_slow();
+        if is_done(word) {
+            drop(g);
+            // SAFETY: as above.
+            return Poll::Ready(unsafe { self.take(true) });
+        }
+        let extras = g.extras();
+        match &extras.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => extras.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -732,225 +845,10 @@ fn run_callback<T>(cb: Callback<T>, result: &Result<T, Error>) {
     }
 }
 
-/// The handle of one submitted task, like Python's `concurrent.futures.Future`.
-///
-/// It is `Send + Sync` for `T: Send` and not `Clone`: [`result`](Self::result)
-/// consumes it and moves the value out. It is also a
-/// [`std::future::Future`], so async code can `.await` a pool task.
-///
-/// Dropping a `Future` does not cancel its task (as in Python); call
-/// [`cancel`](Self::cancel) for that.
-pub struct Future<T> {
-    shared: Counted<Shared<T>>,
-}
-
-impl<T> std::fmt::Debug for Future<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Future")
-            .field("task", &self.shared.tag.id)
-            .finish()
-    }
-}
-
-impl<T: Send + 'static> Future<T> {
-    pub(crate) fn new(shared: Counted<Shared<T>>) -> Self {
-        Future { shared }
-    }
-
-    pub(crate) fn shared(&self) -> &Counted<Shared<T>> {
-        &self.shared
-    }
-
-    /// Blocks until the task ends and returns its result.
-    ///
-    /// Called from a task of the same pool on a task that has not started,
-    /// it runs that task on the calling thread instead of sleeping, so nested
-    /// submit-and-wait works with one worker. If the wait could never end
-    /// (tasks waiting on each other in a cycle) it returns
-    /// [`Error::Deadlock`] at once instead of hanging.
-    pub fn result(self) -> Result<T, Error> {
-        self.shared.wait_until(None)?;
-        // SAFETY: `self` is owned here.
-        unsafe { self.shared.take(false) }
-    }
-
-    /// Like [`result`](Self::result), but gives up with [`Error::Timeout`]
-    /// after `timeout`. The task keeps running. A timed wait never helps and
-    /// is never refused as a deadlock: it ends by itself.
-    pub fn result_timeout(self, timeout: Duration) -> Result<T, Error> {
-        if !self.shared.wait_until(Some(deadline_after(timeout)))? {
-            return Err(Error::Timeout);
-        }
-        // SAFETY: `self` is owned here.
-        unsafe { self.shared.take(false) }
-    }
-
-    /// Blocks until the task ends (finished or cancelled).
-    ///
-    /// A wait that could never end (see [`result`](Self::result)) returns at
-    /// once with the future still not done, and logs the cycle; use
-    /// [`try_wait`](Self::try_wait) to get the [`Error::Deadlock`].
-    pub fn wait(&self) {
-        if let Err(e) = self.try_wait() {
-            log::error!("{e}");
-        }
-    }
-
-    /// Blocks until the task ends; `Err(Error::Deadlock)` if it never could.
-    pub fn try_wait(&self) -> Result<(), Error> {
-        self.shared.wait_until(None).map(|_| ())
-    }
-
-    /// Blocks until the task ends or `timeout` passes; true when it ended.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        matches!(
-            self.shared.wait_until(Some(deadline_after(timeout))),
-            Ok(true)
-        )
-    }
-
-    /// Cancels the task if it has not started: it will never run and its
-    /// result is [`Error::Cancelled`]. Returns true if the task is now
-    /// cancelled (also when it already was), false if it is running or has
-    /// finished.
-    pub fn cancel(&self) -> bool {
-        self.shared.cancel_with(Error::Cancelled)
-    }
-
-    /// Stops the task, even one already running in a worker process.
-    ///
-    /// A task that has not started is cancelled, as by [`cancel`](Self::cancel).
-    /// A process task that runs has its worker process killed (the pool
-    /// starts a replacement and re-sends the other tasks that worker held);
-    /// its future ends in [`Error::Killed`] shortly after this returns. A
-    /// process task that was handed to a worker but had not started there
-    /// ends in `Killed` at once; the worker may still run it, and its result
-    /// is dropped.
-    ///
-    /// Returns true if the task was cancelled or is being stopped; false if
-    /// it had finished, or if it runs on a thread, which cannot be stopped
-    /// from outside.
-    pub fn kill(&self) -> bool {
-        if self.cancel() {
-            return true;
-        }
-        match (self.shared.work.stopper(), self.running()) {
-            (Some(stop), true) => {
-                stop(self.shared.tag.id);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// True if the task was cancelled.
-    pub fn cancelled(&self) -> bool {
-        self.shared.phase.load(Ordering::Acquire) & PHASE == CANCELLED
-    }
-
-    /// True while the task runs (for a process pool: from the moment it is
-    /// sent to a worker, as in Python).
-    pub fn running(&self) -> bool {
-        matches!(
-            self.shared.phase.load(Ordering::Acquire) & PHASE,
-            RUNNING | COMPLETING
-        )
-    }
-
-    /// True if the task was cancelled or has finished.
-    pub fn done(&self) -> bool {
-        self.shared.is_done()
-    }
-
-    /// Calls `f` with the result once the task ends.
-    ///
-    /// If the task is still pending or running, `f` runs on the thread that
-    /// completes it (a pool thread or a process pool's reader thread), before
-    /// `result()` returns to anyone, or on the thread that cancels it. If the
-    /// task has already ended, `f` runs at once on the caller's thread (or,
-    /// if another callback added after the end is running at that moment, on
-    /// that callback's thread, right after it). No lock is held while a
-    /// callback runs, so it may use this same future. A panicking callback is
-    /// caught and logged; the other callbacks still run.
-    pub fn add_done_callback<F>(&self, f: F)
-    where
-        F: FnOnce(&Result<T, Error>) + Send + 'static,
-    {
-        let shared = &self.shared;
-        let (mut g, word) = shared.lock_slow();
-        if !is_done(word) || g.lent {
-            // The completer, or the thread the outcome is lent to, runs it.
-            g.extras().callbacks.push(Box::new(f));
-            return;
-        }
-        if word & PHASE == CANCELLED {
-            drop(g);
-            run_callback(Box::new(f), &Err(Error::Cancelled));
-            return;
-        }
-        // SAFETY: finished, and this thread now holds the one lending right
-        // (`lent`); the owner cannot take the outcome while `self` is
-        // borrowed here.
-        let Some(r) = (unsafe { (*shared.outcome.get()).take() }) else {
-            drop(g);
-            run_callback(Box::new(f), &Err(taken()));
-            return;
-        };
-        g.lent = true;
-        drop(g);
-        let r = r.map_err(|e| *e);
-        run_callback(Box::new(f), &r);
-        // Callbacks added while the outcome was lent run here too.
-        let mut g = shared.lock();
-        loop {
-            let callbacks = g.take_callbacks();
-            if callbacks.is_empty() {
-                break;
-            }
-            drop(g);
-            run_callbacks(callbacks, &r);
-            g = shared.lock();
-        }
-        // SAFETY: still under the lending right, given back just below.
-        unsafe { *shared.outcome.get() = Some(r.map_err(Box::new)) };
-        g.lent = false;
-    }
-}
-
-impl<T: Send + 'static> std::future::Future for Future<T> {
-    type Output = Result<T, Error>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = &self.shared;
-        if shared.is_done() {
-            // SAFETY: `poll` has the future `&mut`.
-            return Poll::Ready(unsafe { shared.take(true) });
-        }
-        let (mut g, word) = shared.lock_slow();
-        if is_done(word) {
-            drop(g);
-            // SAFETY: as above.
-            return Poll::Ready(unsafe { shared.take(true) });
-        }
-        let extras = g.extras();
-        match &extras.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => extras.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-/// `now + timeout`, saturating far in the future for huge timeouts.
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Future;
 
     /// A trivial task's state (result, closure and all) fits in two cache
     /// lines, the 128-byte class of [`crate::recycle`].
