@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::recycle::Counted;
 use crate::Error;
+use state::Until;
 
 #[cfg(feature = "process")]
 pub(crate) use state::Stopper;
@@ -47,22 +48,33 @@ impl<T: Send + 'static> Future<T> {
 
     /// Blocks until the task ends and returns its result.
     ///
+    /// The result is moved out, and done-callbacks borrow it while they run
+    /// (see [`add_done_callback`](Self::add_done_callback)): so `result`
+    /// also waits until the callbacks that run at the task's end have
+    /// returned. When it returns, every callback added before the task
+    /// ended has run. [`wait`](Self::wait) and [`done`](Self::done) do not
+    /// wait for callbacks.
+    ///
     /// Called from a task of the same pool on a task that has not started,
     /// it runs that task on the calling thread instead of sleeping, so nested
     /// submit-and-wait works with one worker. If the wait could never end
     /// (tasks waiting on each other in a cycle) it returns
     /// [`Error::Deadlock`] at once instead of hanging.
     pub fn result(self) -> Result<T, Error> {
-        self.shared.wait_until(None)?;
+        self.shared.wait_until(Until::Takeable, None)?;
         // SAFETY: `self` is owned here.
         unsafe { self.shared.take(false) }
     }
 
     /// Like [`result`](Self::result), but gives up with [`Error::Timeout`]
-    /// after `timeout`. The task keeps running. A timed wait never helps and
+    /// after `timeout` (also when the task has ended but its done-callbacks
+    /// still run then). The task keeps running. A timed wait never helps and
     /// is never refused as a deadlock: it ends by itself.
     pub fn result_timeout(self, timeout: Duration) -> Result<T, Error> {
-        if !self.shared.wait_until(Some(deadline_after(timeout)))? {
+        if !self
+            .shared
+            .wait_until(Until::Takeable, Some(deadline_after(timeout)))?
+        {
             return Err(Error::Timeout);
         }
         // SAFETY: `self` is owned here.
@@ -82,13 +94,14 @@ impl<T: Send + 'static> Future<T> {
 
     /// Blocks until the task ends; `Err(Error::Deadlock)` if it never could.
     pub fn try_wait(&self) -> Result<(), Error> {
-        self.shared.wait_until(None).map(|_| ())
+        self.shared.wait_until(Until::Ended, None).map(|_| ())
     }
 
     /// Blocks until the task ends or `timeout` passes; true when it ended.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         matches!(
-            self.shared.wait_until(Some(deadline_after(timeout))),
+            self.shared
+                .wait_until(Until::Ended, Some(deadline_after(timeout))),
             Ok(true)
         )
     }
@@ -145,14 +158,27 @@ impl<T: Send + 'static> Future<T> {
 
     /// Calls `f` with the result once the task ends.
     ///
+    /// As in Python, the task is first published as done, then its
+    /// callbacks run: inside `f` the future is [`done`](Self::done), and
+    /// [`wait`](Self::wait) or [`wait_timeout`](Self::wait_timeout) on it
+    /// (through an `Arc<Future<T>>` that `f` captured) return at once.
+    /// Waiters in `wait`, [`wait`](crate::wait()) and
+    /// [`as_completed`](crate::as_completed) are woken before the callbacks
+    /// run, too.
+    ///
     /// If the task is still pending or running, `f` runs on the thread that
-    /// completes it (a pool thread or a process pool's reader thread), before
-    /// `result()` returns to anyone, or on the thread that cancels it. If the
-    /// task has already ended, `f` runs at once on the caller's thread (or,
-    /// if another callback added after the end is running at that moment, on
-    /// that callback's thread, right after it). No lock is held while a
-    /// callback runs, so it may use this same future. A panicking callback is
-    /// caught and logged; the other callbacks still run.
+    /// completes it (a pool thread or a process pool's reader thread), or on
+    /// the thread that cancels it, in the order the callbacks were added. If
+    /// the task has already ended, `f` runs at once on the caller's thread
+    /// (or, if other callbacks are running at that moment with the result
+    /// lent to them, on their thread, right after them).
+    ///
+    /// `f` borrows the result, so [`result`](Self::result) and `.await`,
+    /// which move it out, wait until the callbacks running at the task's
+    /// end have returned: a callback that blocks delays them. No lock is
+    /// held while a callback runs, so it may use this same future. A
+    /// panicking callback is caught and logged; the other callbacks still
+    /// run.
     pub fn add_done_callback<F>(&self, f: F)
     where
         F: FnOnce(&Result<T, Error>) + Send + 'static,

@@ -31,6 +31,7 @@
 //! | 3 | `FAILED` | with `FINISHED`: the outcome is an error | the completer, with `FINISHED` | as `FINISHED` |
 //! | 4 | `SLOW` | someone uses the mutex side: the task must end under the mutex | whoever adds a callback, watcher, waker or sleeper | yes, always |
 //! | 5 | `TAKEN` | with `FINISHED`: `.await` moved the outcome out | the future's owner, in `poll` | no (the owner is alone) |
+//! | 6 | `LENT` | with `FINISHED`: done-callbacks borrow the outcome, which one thread holds; `result()` and `.await` wait | the completer, with `FINISHED`; or `add_done_callback` on a finished future | yes, set and cleared |
 //!
 //! The rule that makes the lock-free path safe: `SLOW` is only ever set
 //! under the mutex, and a completer that sees it clear publishes with one
@@ -43,11 +44,30 @@
 //! thread wins it, and that thread alone touches the work and writes the
 //! outcome.
 //!
-//! Completion runs the done-callbacks first, on the completing thread, then
-//! publishes the result and wakes waiters: when `result()` returns, every
-//! callback added before completion has run. Cancellation is the exception,
-//! as in Python: it wakes waiters first, then runs the callbacks on the
-//! cancelling thread. No lock is held while a callback runs.
+//! # Callbacks run after the task is published
+//!
+//! As in Python, the end of a task is published first (the phase becomes
+//! final, sleepers, watchers and the waker are woken), and the
+//! done-callbacks run after that, on the thread that ended the task:
+//! inside a callback the future is done, and a wait on it returns at once.
+//! No lock is held while a callback runs.
+//!
+//! Callbacks borrow the outcome (`&Result<T, Error>`), while `result()` and
+//! `.await` move it out. So a completer with callbacks to run publishes
+//! `FINISHED | LENT`, keeps the outcome on its stack while the callbacks
+//! run (and those added meanwhile, which queue up for it), then puts it in
+//! the cell and clears `LENT` under the mutex, waking whoever waits to take
+//! it. `done()` and `wait` look for the final phase ([`Until::Ended`]);
+//! `result()` and `.await` also for `LENT` to be clear
+//! ([`Until::Takeable`]). A callback added after the end lends the outcome
+//! the same way. A cancelled task has no outcome to lend: its callbacks get
+//! their own `Err(Cancelled)` (or the error a pending task was failed with),
+//! after the cancellation is published.
+//!
+//! A thread pool's `finishing` hook (see [`Job::run`]) runs just before the
+//! outcome can be taken: after the callbacks, if any, else just before the
+//! task is published. A submit that follows `result()` then finds the
+//! thread idle.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -116,9 +136,37 @@ const FAILED: u32 = 1 << 3;
 const SLOW: u32 = 1 << 4;
 /// With `FINISHED`: `.await` moved the outcome out.
 const TAKEN: u32 = 1 << 5;
+/// With `FINISHED`: one thread runs done-callbacks that borrow the outcome;
+/// it holds the outcome meanwhile, and nobody may take it. Callbacks added
+/// meanwhile queue up for that thread.
+const LENT: u32 = 1 << 6;
 
+/// Finished or cancelled: `done()`, and `wait` returns.
 fn is_done(word: u32) -> bool {
     matches!(word & PHASE, FINISHED | CANCELLED)
+}
+
+/// Done, and no callback borrows the outcome: `result()` may take it.
+fn is_takeable(word: u32) -> bool {
+    is_done(word) && word & LENT == 0
+}
+
+/// What a wait waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Until {
+    /// The task ended: `wait` and its kin.
+    Ended,
+    /// The task ended and no callback borrows its outcome: `result`.
+    Takeable,
+}
+
+impl Until {
+    fn reached(self, word: u32) -> bool {
+        match self {
+            Until::Ended => is_done(word),
+            Until::Takeable => is_takeable(word),
+        }
+    }
 }
 
 /// What sits behind the mutex.
@@ -128,9 +176,6 @@ struct Slow<T> {
     extras: Option<Box<Extras<T>>>,
     /// Threads blocked on the condvar; completion skips the notify when 0.
     sleepers: u32,
-    /// True while a done-callback added after the end runs with the
-    /// outcome lent to it; callbacks added meanwhile queue up for it.
-    lent: bool,
 }
 
 struct Extras<T> {
@@ -242,14 +287,16 @@ pub(crate) struct Shared<T, W: ?Sized = dyn WorkSlot<T>> {
     refs: AtomicUsize,
     tag: TaskTag,
     pool: u64,
-    /// The phase and flags (`PENDING`, ..., `SLOW`).
+    /// The phase and its flags: see the table in the module doc.
     phase: AtomicU32,
     slow: Mutex<Slow<T>>,
     cond: Condvar,
-    /// The outcome. Written once, by the thread that completes the task,
-    /// before it publishes `FINISHED`; after that only moved out by the
-    /// future's owner (`result` consumes the future, `poll` has it `&mut`)
-    /// or lent to callbacks by the one thread that set `Slow::lent`.
+    /// The outcome. Written by the thread that completes the task, before
+    /// it publishes `FINISHED` without `LENT` (or before it clears `LENT`);
+    /// after that only moved out by the future's owner (`result` consumes
+    /// the future, `poll` has it `&mut`) once `LENT` is clear, or lent to
+    /// callbacks by the one thread that sets `LENT` (under the mutex), which
+    /// puts it back before it clears `LENT`.
     outcome: UnsafeCell<Option<Result<T, Box<Error>>>>,
     work: W,
 }
@@ -262,10 +309,11 @@ unsafe impl<T: Send, W: ?Sized + Sync> Sync for Shared<T, W> {}
 /// A task in a thread pool's queue, with its result type erased.
 pub(crate) trait Job: Send + Sync {
     /// Runs the task on this thread unless it was cancelled or claimed.
-    /// `finishing` is called exactly once on this thread: after the task's
-    /// callbacks and just before its result is published, or at once if
-    /// there was nothing to run. A pool counts its thread idle there, so a
-    /// submit that follows a `result()` finds the thread idle.
+    /// `finishing` is called exactly once on this thread: just before the
+    /// task's result can be taken by `result()` (after its done-callbacks,
+    /// which run once the task is published as done), or at once if there
+    /// was nothing to run. A pool counts its thread idle there, so a submit
+    /// that follows a `result()` finds the thread idle.
     fn run(&self, finishing: &dyn Fn());
     /// Cancels the task if it has not started.
     fn cancel(&self) -> bool;
@@ -320,7 +368,6 @@ impl<T, W> Shared<T, W> {
             slow: Mutex::new(Slow {
                 extras: None,
                 sleepers: 0,
-                lent: false,
             }),
             cond: Condvar::new(),
             outcome: UnsafeCell::new(None),
@@ -414,8 +461,8 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     }
 
     /// Ends a process task with `result` (it may not have been sent yet,
-    /// e.g. when its argument could not be encoded): callbacks, then
-    /// waiters. Of several threads that race to complete it, the first wins
+    /// e.g. when its argument could not be encoded): waiters, then
+    /// callbacks. Of several threads that race to complete it, the first wins
     /// and the others' results are dropped.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn complete(&self, result: Result<T, Error>) {
@@ -426,8 +473,9 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         }
     }
 
-    /// Runs the callbacks, calls `finishing`, then writes and publishes
-    /// `result` and wakes whoever waits.
+    /// Publishes `result` and wakes whoever waits, then runs the
+    /// done-callbacks; calls `finishing` just before the result can be
+    /// taken.
     ///
     /// # Safety
     /// Only the task's one completer calls it, once: the thread that claimed
@@ -471,30 +519,33 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         }
     }
 
-    /// Ends the task under the lock: runs the callbacks (also those added
-    /// while they run), calls `finishing`, publishes `result`, and wakes
-    /// sleepers, watchers and the waker.
+    /// Ends the task under the lock, in Python's order: publishes it as
+    /// finished and wakes sleepers, watchers and the waker; then, if there
+    /// are done-callbacks, runs them (also those added while they run) with
+    /// the outcome lent to them (`LENT`), and only then lets `result()`
+    /// take it. `finishing` is called just before that.
     ///
     /// # Safety
     /// As for [`publish`](Self::publish).
     unsafe fn publish_slow(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
         let failed = if result.is_err() { FAILED } else { 0 };
         let mut g = self.lock();
-        loop {
-            let callbacks = g.take_callbacks();
-            if callbacks.is_empty() {
-                break;
-            }
-            drop(g);
-            run_callbacks(callbacks, &result);
-            g = self.lock();
+        let callbacks = g.take_callbacks();
+        if callbacks.is_empty() {
+            finishing();
+            // SAFETY: the outcome is not published yet, and this thread is
+            // the one completer; `SLOW` is set, so nobody reads the cell
+            // before the phase is published below, under the lock.
+            unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+            self.end_locked(g, FINISHED | failed);
+            return;
         }
-        finishing();
-        // SAFETY: the outcome is not published yet, and this thread is the
-        // one completer; `SLOW` is set, so nobody reads the cell before the
-        // phase is published below, under the lock.
-        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
-        self.end_locked(g, FINISHED | failed);
+        // Done from here on, but the outcome stays with this thread while
+        // callbacks borrow it; callbacks added meanwhile queue up for it.
+        self.end_locked(g, FINISHED | failed | LENT);
+        run_callbacks(callbacks, &result);
+        // SAFETY: this thread set `LENT` above.
+        unsafe { self.end_lending(result, finishing) };
     }
 
     /// Publishes the final phase `fin` (with its flags) under the lock `g`,
@@ -525,6 +576,33 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Runs the callbacks queued while this thread lent the outcome to
+    /// callbacks, calls `finishing`, puts the outcome back in the cell and
+    /// clears `LENT`; then wakes those waiting to take it (`result()`, a
+    /// waker).
+    ///
+    /// # Safety
+    /// This thread set `LENT`, and holds the outcome taken out of the cell
+    /// (or never put in).
+    unsafe fn end_lending(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
+        let mut g = self.lock();
+        loop {
+            let callbacks = g.take_callbacks();
+            if callbacks.is_empty() {
+                break;
+            }
+            drop(g);
+            run_callbacks(callbacks, &result);
+            g = self.lock();
+        }
+        finishing();
+        // SAFETY: `LENT` keeps everyone else off the cell until it is
+        // cleared just below, under the lock.
+        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        self.phase.fetch_and(!LENT, Ordering::Release);
+        self.wake_all(g);
     }
 
     /// Ends a pending task with `err` (`Cancelled` gives the cancelled
@@ -571,23 +649,30 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         true
     }
 
-    /// Waits until the task ends or `deadline` passes: Ok(true) when it
-    /// ended, Ok(false) on timeout. An untimed wait on a pool thread helps
-    /// (runs the task here if it has not started) or is refused with
-    /// `Deadlock` when it could never end.
-    pub(super) fn wait_until(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+    /// Waits until `until` is reached or `deadline` passes: Ok(true) when
+    /// it was reached, Ok(false) on timeout. An untimed wait on a pool
+    /// thread for a task that has not ended helps (runs the task here if it
+    /// has not started) or is refused with `Deadlock` when it could never
+    /// end. A wait only for the callbacks of a task that has ended neither
+    /// helps nor is checked: those callbacks already run.
+    pub(super) fn wait_until(
+        &self,
+        until: Until,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Error> {
         // Held until this wait returns: the recorded "I wait for this task".
         let mut _edge = None;
-        if self.spin_until_ended(deadline) {
+        if self.spin_until(until, deadline) {
             return Ok(true);
         }
         let mut checked = deadline.is_some() || deadlock::current_pool().is_none();
         let (mut g, _) = self.lock_slow();
         loop {
-            if self.is_done() {
+            let word = self.phase.load(Ordering::Acquire);
+            if until.reached(word) {
                 return Ok(true);
             }
-            if !checked {
+            if !checked && !is_done(word) {
                 drop(g);
                 if !self.try_help() {
                     _edge = deadlock::begin_wait(&[self.tag.id], true)?;
@@ -619,11 +704,12 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// Spins, then yields, for up to [`SPIN_BUDGET`], in case the task is
     /// about to end: that answer is much cheaper than sleeping and being
     /// woken (a process round trip costs about half again as much through a
-    /// sleep). Yielding lets the threads that would answer run. True if it
-    /// ended.
-    fn spin_until_ended(&self, deadline: Option<Instant>) -> bool {
+    /// sleep). Yielding lets the threads that would answer run. True if
+    /// `until` was reached.
+    fn spin_until(&self, until: Until, deadline: Option<Instant>) -> bool {
+        let reached = || until.reached(self.phase.load(Ordering::Acquire));
         for step in 0..7 {
-            if self.is_done() {
+            if reached() {
                 return true;
             }
             for _ in 0..(1u32 << step) {
@@ -636,12 +722,12 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             None => now + SPIN_BUDGET,
         };
         while Instant::now() < until {
-            if self.is_done() {
+            if reached() {
                 return true;
             }
             std::thread::yield_now();
         }
-        self.is_done()
+        reached()
     }
 
     /// On a thread of this task's pool: if the task has not started, runs it
@@ -695,11 +781,13 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     ///
     /// # Safety
     /// The caller owns the task's `Future` exclusively (`result` consumes
-    /// it, `poll` has it `&mut`), so no callback has the outcome lent.
+    /// it, `poll` has it `&mut`), so no thread can start lending the
+    /// outcome to callbacks but the completer, which sets `LENT` as it
+    /// publishes.
     pub(super) unsafe fn take(&self, mark: bool) -> Result<T, Error> {
         let word = self.phase.load(Ordering::Acquire);
         match word & PHASE {
-            FINISHED if word & TAKEN == 0 => {
+            FINISHED if word & (TAKEN | LENT) == 0 => {
                 if mark {
                     self.phase.fetch_or(TAKEN, Ordering::Relaxed);
                 }
@@ -711,7 +799,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
                 }
             }
             CANCELLED => Err(Error::Cancelled),
-            FINISHED => Err(taken()),
+            FINISHED if word & TAKEN != 0 => Err(taken()),
             _ => Err(Error::InvalidArgument {
                 reason: "the task has not ended yet".into(),
             }),
@@ -742,7 +830,7 @@ impl<T: Send + 'static> Shared<T> {
     /// [`Future::add_done_callback`](super::Future::add_done_callback).
     pub(super) fn add_callback(&self, cb: Callback<T>) {
         let (mut g, word) = self.lock_slow();
-        if !is_done(word) || g.lent {
+        if !is_done(word) || word & LENT != 0 {
             // The completer, or the thread the outcome is lent to, runs it.
             g.extras().callbacks.push(cb);
             return;
@@ -752,32 +840,21 @@ impl<T: Send + 'static> Shared<T> {
             run_callback(cb, &Err(Error::Cancelled));
             return;
         }
-        // SAFETY: finished, and this thread now holds the one lending right
-        // (`lent`); the owner cannot take the outcome while its future is
-        // borrowed by the caller.
+        // SAFETY: finished and not lent: nobody but the owner touches the
+        // cell, and the owner cannot take it while the caller borrows its
+        // future. Under the lock, with `LENT` set below before it is
+        // released, this thread becomes the one lender.
         let Some(r) = (unsafe { (*self.outcome.get()).take() }) else {
             drop(g);
             run_callback(cb, &Err(taken()));
             return;
         };
-        g.lent = true;
+        self.phase.fetch_or(LENT, Ordering::Relaxed);
         drop(g);
         let r = r.map_err(|e| *e);
         run_callback(cb, &r);
-        // Callbacks added while the outcome was lent run here too.
-        let mut g = self.lock();
-        loop {
-            let callbacks = g.take_callbacks();
-            if callbacks.is_empty() {
-                break;
-            }
-            drop(g);
-            run_callbacks(callbacks, &r);
-            g = self.lock();
-        }
-        // SAFETY: still under the lending right, given back just below.
-        unsafe { *self.outcome.get() = Some(r.map_err(Box::new)) };
-        g.lent = false;
+        // SAFETY: this thread set `LENT` above and holds the outcome.
+        unsafe { self.end_lending(r, &|| {}) };
     }
 
     /// The `poll` of `Future`: the outcome once ended, else registers the
@@ -786,12 +863,14 @@ impl<T: Send + 'static> Shared<T> {
     /// # Safety
     /// The caller has the task's `Future` `&mut`.
     pub(super) unsafe fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
-        if self.is_done() {
+        if is_takeable(self.phase.load(Ordering::Acquire)) {
             // SAFETY: the caller's promise.
             return Poll::Ready(unsafe { self.take(true) });
         }
+        // Not ended, or callbacks borrow the outcome: the end of either
+        // wakes the waker, under the lock.
         let (mut g, word) = self.lock_slow();
-        if is_done(word) {
+        if is_takeable(word) {
             drop(g);
             // SAFETY: as above.
             return Poll::Ready(unsafe { self.take(true) });
