@@ -6,6 +6,10 @@
 
 mod state;
 
+// The model checks of `state`: see that module's doc for how to run them.
+#[cfg(all(test, loom))]
+mod loom;
+
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 

@@ -68,16 +68,25 @@
 //! outcome can be taken: after the callbacks, if any, else just before the
 //! task is published. A submit that follows `result()` then finds the
 //! thread idle.
+//!
+//! # Model checks
+//!
+//! The atomics, mutex, condvar and cells here come from [`crate::sync`],
+//! so that under `--cfg loom` the models in `src/future/loom.rs` explore
+//! every interleaving of the races above: completion against
+//! `add_done_callback`, cancel against claim, completion against a waiter
+//! going to sleep, and callbacks borrowing the outcome against `result()`
+//! and `.await` taking it.
 
-use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::deadlock::{self, TaskTag};
 use crate::recycle::{self, Counted};
+use crate::sync::{AtomicU32, Condvar, Mutex, MutexGuard, Ordering, UnsafeCell};
 use crate::Error;
 
 /// The work of a thread-pool task, when it has to be boxed.
@@ -250,11 +259,11 @@ where
     }
     unsafe fn run(&self) -> Option<Result<T, Error>> {
         // SAFETY: the caller is the only thread touching the slot.
-        unsafe { (*self.0.get()).take() }.map(|f| f())
+        self.0.with_mut(|f| unsafe { (*f).take() }).map(|f| f())
     }
     unsafe fn discard(&self) {
         // SAFETY: the caller is the only thread touching the slot.
-        drop(unsafe { (*self.0.get()).take() });
+        drop(self.0.with_mut(|f| unsafe { (*f).take() }));
     }
 }
 
@@ -284,6 +293,7 @@ impl<T> WorkSlot<T> for Remote {
 #[repr(C)]
 pub(crate) struct Shared<T, W: ?Sized = dyn WorkSlot<T>> {
     /// The count of [`Counted`] handles (the future's, the queue's, ...).
+    /// Always std's atomic, also under loom: `Counted` reads it as one.
     refs: AtomicUsize,
     tag: TaskTag,
     pool: u64,
@@ -390,6 +400,26 @@ impl<T, W: ?Sized> Shared<T, W> {
 }
 
 impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
+    /// Puts `result` in the outcome cell.
+    ///
+    /// # Safety
+    /// This thread alone may touch the cell now (see [`Shared::outcome`]).
+    unsafe fn put_outcome(&self, result: Result<T, Error>) {
+        let boxed = result.map_err(Box::new);
+        // SAFETY: the caller's promise.
+        self.outcome.with_mut(|cell| unsafe { *cell = Some(boxed) });
+    }
+
+    /// Moves the outcome out of its cell, if it is there.
+    ///
+    /// # Safety
+    /// As for [`put_outcome`](Self::put_outcome).
+    unsafe fn take_outcome(&self) -> Option<Result<T, Error>> {
+        // SAFETY: the caller's promise.
+        let boxed = self.outcome.with_mut(|cell| unsafe { (*cell).take() });
+        boxed.map(|r| r.map_err(|e| *e))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Slow<T>> {
         // User code never runs under this lock, so a poisoned lock (a panic
         // in the library itself) still holds valid data.
@@ -508,12 +538,12 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         let done = (word & !PHASE) | FINISHED | if result.is_err() { FAILED } else { 0 };
         // SAFETY: the outcome is not published yet, and this thread is the
         // one completer: nobody else touches the cell.
-        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        unsafe { self.put_outcome(result) };
         match (self.phase).compare_exchange(word, done, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => Ok(()),
             // SAFETY: as above, it is still unpublished.
-            Err(_) => match unsafe { (*self.outcome.get()).take() } {
-                Some(result) => Err(result.map_err(|e| *e)),
+            Err(_) => match unsafe { self.take_outcome() } {
+                Some(result) => Err(result),
                 None => Ok(()),
             },
         }
@@ -536,7 +566,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             // SAFETY: the outcome is not published yet, and this thread is
             // the one completer; `SLOW` is set, so nobody reads the cell
             // before the phase is published below, under the lock.
-            unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+            unsafe { self.put_outcome(result) };
             self.end_locked(g, FINISHED | failed);
             return;
         }
@@ -600,7 +630,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         finishing();
         // SAFETY: `LENT` keeps everyone else off the cell until it is
         // cleared just below, under the lock.
-        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        unsafe { self.put_outcome(result) };
         self.phase.fetch_and(!LENT, Ordering::Release);
         self.wake_all(g);
     }
@@ -616,7 +646,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         if !cancelling {
             // SAFETY: moving it to `COMPLETING` made this thread the one
             // completer; the outcome is published below.
-            unsafe { *self.outcome.get() = Some(Err(Box::new(err.clone()))) };
+            unsafe { self.put_outcome(Err(err.clone())) };
         }
         let fin = if cancelling {
             CANCELLED
@@ -708,6 +738,9 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// `until` was reached.
     fn spin_until(&self, until: Until, deadline: Option<Instant>) -> bool {
         let reached = || until.reached(self.phase.load(Ordering::Acquire));
+        if !crate::sync::SPIN {
+            return reached();
+        }
         for step in 0..7 {
             if reached() {
                 return true;
@@ -793,10 +826,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
                 }
                 // SAFETY: published, and the caller's exclusivity keeps
                 // everyone else off the cell.
-                match unsafe { (*self.outcome.get()).take() } {
-                    Some(r) => r.map_err(|e| *e),
-                    None => Err(taken()),
-                }
+                unsafe { self.take_outcome() }.unwrap_or_else(|| Err(taken()))
             }
             CANCELLED => Err(Error::Cancelled),
             FINISHED if word & TAKEN != 0 => Err(taken()),
@@ -844,14 +874,13 @@ impl<T: Send + 'static> Shared<T> {
         // cell, and the owner cannot take it while the caller borrows its
         // future. Under the lock, with `LENT` set below before it is
         // released, this thread becomes the one lender.
-        let Some(r) = (unsafe { (*self.outcome.get()).take() }) else {
+        let Some(r) = (unsafe { self.take_outcome() }) else {
             drop(g);
             run_callback(cb, &Err(taken()));
             return;
         };
         self.phase.fetch_or(LENT, Ordering::Relaxed);
         drop(g);
-        let r = r.map_err(|e| *e);
         run_callback(cb, &r);
         // SAFETY: this thread set `LENT` above and holds the outcome.
         unsafe { self.end_lending(r, &|| {}) };
@@ -924,7 +953,8 @@ fn run_callback<T>(cb: Callback<T>, result: &Result<T, Error>) {
     }
 }
 
-#[cfg(test)]
+// Plain unit tests; under loom, the models in `super::loom` instead.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::Future;
