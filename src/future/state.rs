@@ -604,7 +604,15 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             w();
         }
         if let Some(w) = waker {
-            w.wake();
+            // Someone else's code: a panic in it must not stop this thread
+            // halfway through ending the task.
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| w.wake())) {
+                log::error!(
+                    "an async waker panicked when woken: {}",
+                    crate::error::panic_message(&*p)
+                );
+                crate::error::drop_panic_payload(p);
+            }
         }
     }
 
@@ -950,6 +958,7 @@ fn run_callback<T>(cb: Callback<T>, result: &Result<T, Error>) {
             "a done-callback panicked (the other callbacks still run): {}",
             crate::error::panic_message(&*p)
         );
+        crate::error::drop_panic_payload(p);
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::deadlock;
+use crate::error::{drop_panic_payload, panic_message};
 use crate::future::Job;
 use crate::recycle::Counted;
 use crate::Error;
@@ -275,11 +276,13 @@ impl Worker {
         deadlock::enter_worker(self.pool, self.name.clone());
         let initialized = match &self.initializer {
             Some(init) => catch_unwind(AssertUnwindSafe(|| init())).map_err(|p| {
-                format!(
+                let reason = format!(
                     "the initializer panicked in thread {}: {}",
                     self.name,
-                    crate::error::panic_message(&*p)
-                )
+                    panic_message(&*p)
+                );
+                drop_panic_payload(p);
+                reason
             }),
             None => Ok(()),
         };
@@ -302,7 +305,23 @@ impl Worker {
                 };
                 for job in self.rx.iter() {
                     let Some(job) = job else { break };
-                    job.run(&idle);
+                    // A task's panics are caught around its work and each
+                    // callback. This catches what escapes all the same (a
+                    // result nobody took whose drop panics, with the job's
+                    // last handle), so the thread lives on and `alive`
+                    // stays true.
+                    let ran = catch_unwind(AssertUnwindSafe(|| {
+                        job.run(&idle);
+                        drop(job);
+                    }));
+                    if let Err(p) = ran {
+                        log::error!(
+                            "twinpool: a panic escaped a task on thread {}: {}",
+                            self.name,
+                            panic_message(&*p)
+                        );
+                        drop_panic_payload(p);
+                    }
                 }
             }
             Err(reason) => self.break_pool(reason),
