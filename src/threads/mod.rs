@@ -65,6 +65,10 @@ pub(crate) struct ThreadPool {
     tx: Sender<Queue>,
     rx: Receiver<Queue>,
     common: Arc<Common>,
+    /// For tests: this many next thread starts fail, as when the operating
+    /// system refuses a thread.
+    #[cfg(test)]
+    refuse_spawns: AtomicUsize,
 }
 
 impl Common {
@@ -100,6 +104,8 @@ impl ThreadPool {
                 }),
                 exited: Condvar::new(),
             }),
+            #[cfg(test)]
+            refuse_spawns: AtomicUsize::new(0),
         }
     }
 
@@ -114,7 +120,7 @@ impl ThreadPool {
         cancel: impl FnOnce() -> bool,
     ) -> Result<(), Error> {
         if !self.common.full.load(Ordering::Acquire) {
-            return self.submit_starting(job);
+            return self.submit_starting(job, cancel);
         }
         if self.common.closed.load(Ordering::SeqCst) {
             return Err(refusal(&self.common.lock()));
@@ -149,7 +155,16 @@ impl ThreadPool {
     }
 
     /// The submit of a pool still starting threads: under the lock.
-    fn submit_starting(&self, job: Counted<dyn Job>) -> Result<(), Error> {
+    ///
+    /// If no thread could be started and none is alive, the job is
+    /// cancelled before the error is returned: an `Err` from a submit means
+    /// the task will never run, and a thread started later would otherwise
+    /// find it in the queue and run it.
+    fn submit_starting(
+        &self,
+        job: Counted<dyn Job>,
+        cancel: impl FnOnce() -> bool,
+    ) -> Result<(), Error> {
         let mut st = self.common.lock();
         if self.common.closed.load(Ordering::SeqCst) {
             return Err(refusal(&st));
@@ -166,7 +181,15 @@ impl ThreadPool {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
                 .is_ok();
             if !took_idle {
-                self.start_thread(&mut st)?;
+                if let Err(e) = self.start_thread(&mut st) {
+                    // Outside the lock: cancelling drops the task's work,
+                    // which may own anything (even a clone of this pool).
+                    drop(st);
+                    // Nobody else can have claimed it (no thread is alive,
+                    // and its future is not out yet); if somehow someone
+                    // did, it runs, and the submit succeeded.
+                    return if cancel() { Err(e) } else { Ok(()) };
+                }
             }
         }
         Ok(())
@@ -182,10 +205,13 @@ impl ThreadPool {
             common: self.common.clone(),
             initializer: self.initializer.clone(),
         };
-        match std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || worker.run())
-        {
+        let spawned = match self.refused_spawn() {
+            Some(refused) => Err(refused),
+            None => std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || worker.run()),
+        };
+        match spawned {
             Ok(_) => {
                 st.started += 1;
                 st.alive += 1;
@@ -238,6 +264,22 @@ impl ThreadPool {
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// For tests: an error in place of the next thread start, while
+    /// `refuse_spawns` counts any.
+    #[cfg(test)]
+    fn refused_spawn(&self) -> Option<std::io::Error> {
+        self.refuse_spawns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| std::io::Error::other("refused by a test"))
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn refused_spawn(&self) -> Option<std::io::Error> {
+        None
     }
 }
 
@@ -347,5 +389,43 @@ impl Worker {
                 reason: reason.clone(),
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::future::{Future, Shared};
+
+    /// Submits `work` to `pool` as `Executor::submit` does.
+    fn submit<T: Send + 'static>(
+        pool: &ThreadPool,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Future<T>, Error> {
+        let (shared, job) = Shared::new(pool.id(), None, move || Ok(work()));
+        pool.submit(job, || shared.cancel_with(Error::Cancelled))?;
+        Ok(Future::new(shared))
+    }
+
+    #[test]
+    fn a_submit_that_could_start_no_thread_never_runs_its_task() {
+        let pool = ThreadPool::new(u64::MAX, 1, "refused".into(), None);
+        pool.refuse_spawns.store(1, Ordering::SeqCst);
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let refused = submit(&pool, move || r.store(true, Ordering::SeqCst));
+        assert!(matches!(refused, Err(Error::Spawn { .. })), "{refused:?}");
+        // The next submit starts the thread; one thread takes the queue in
+        // order, so a task left behind by the first submit would run first.
+        let next = submit(&pool, || 5).expect("the second thread start works");
+        assert_eq!(next.result_timeout(Duration::from_secs(30)), Ok(5));
+        pool.shutdown(true, false);
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "a task whose submit failed ran anyway"
+        );
     }
 }
