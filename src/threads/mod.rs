@@ -43,7 +43,8 @@ struct Common {
     /// Set by shutdown, before the stop marks are queued.
     closed: AtomicBool,
     state: Mutex<State>,
-    /// Signalled when a thread exits.
+    /// Signalled when a thread exits, and when a pool thread starts to
+    /// wait in `shutdown`.
     exited: Condvar,
 }
 
@@ -54,6 +55,9 @@ struct State {
     marked: bool,
     started: usize,
     alive: usize,
+    /// Pool threads blocked in `shutdown(wait = true)` (see
+    /// [`ThreadPool::shutdown`]).
+    joining: usize,
 }
 
 /// A pool of worker threads.
@@ -101,6 +105,7 @@ impl ThreadPool {
                     marked: false,
                     started: 0,
                     alive: 0,
+                    joining: 0,
                 }),
                 exited: Condvar::new(),
             }),
@@ -229,8 +234,14 @@ impl ThreadPool {
     }
 
     /// Closes the queue; cancels what is queued if `cancel_futures`; waits
-    /// for the threads to exit if `wait` (not counting the calling thread
-    /// when it is one of them).
+    /// for the threads to exit if `wait`.
+    ///
+    /// Called with `wait` on one of the pool's own threads, it cannot wait
+    /// for that thread (it exits only once the task that called this
+    /// returns), nor for another pool thread blocked here too: each would
+    /// wait for the other forever. So such a caller counts itself in
+    /// `joining`, and waits only until every thread still alive is one of
+    /// those joining.
     pub(crate) fn shutdown(&self, wait: bool, cancel_futures: bool) {
         let mut st = self.common.lock();
         // Closed before the marks are queued: see `submit`.
@@ -252,13 +263,23 @@ impl ThreadPool {
         if !wait {
             return;
         }
-        let me = usize::from(deadlock::current_pool() == Some(self.id));
-        while st.alive > me {
+        let on_own_thread = deadlock::current_pool() == Some(self.id);
+        if on_own_thread {
+            st.joining += 1;
+            // Those already joining count one more thread they need not
+            // wait for.
+            self.common.exited.notify_all();
+        }
+        let joining = |st: &State| if on_own_thread { st.joining } else { 0 };
+        while st.alive > joining(&st) {
             st = self
                 .common
                 .exited
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
+        }
+        if on_own_thread {
+            st.joining -= 1;
         }
     }
 
