@@ -8,13 +8,27 @@
 //! way forward leads back to the waiting task. Then the wait is refused with
 //! [`Error::Deadlock`] instead of blocking.
 //!
-//! A wait on *all* of several tasks is doomed when any of them is; a wait on
-//! the *first* of several only when all of them are. Waits with a timeout add
-//! no edge: they end by themselves, so nothing waiting on them is doomed.
-//! Threads outside every pool never record anything and are never refused.
+//! Whether a task can still finish is a least fixpoint over the recorded
+//! waits (see [`doomed`]): a task that is not blocked can finish; a task
+//! waiting for *all* of its targets can once all of them can; a task waiting
+//! for the *first* of them once one of them can. The new wait is doomed
+//! when, with it recorded, the waiting task cannot finish. Computing the
+//! fixpoint, rather than searching paths depth-first, matters for mixed
+//! waits: a depth-first search must cut the search off at a task already
+//! on its path, and must not then remember that task's answer as final.
+//!
+//! Every recorded wait passed this check when it began, so before the new
+//! one every recorded task could finish; a task that cannot finish now is
+//! stuck because of the new wait, and the tasks that cannot finish lead
+//! back to the waiter. The error names the shortest such cycle.
+//!
+//! Waits with a timeout add no edge: they end by themselves, so nothing
+//! waiting on them is doomed. Threads outside every pool never record
+//! anything and are never refused.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::Error;
@@ -123,28 +137,28 @@ pub(crate) fn begin_wait(targets: &[u64], all: bool) -> Result<Option<WaitGuard>
     };
     let mut guard = graph();
     let g = guard.get_or_insert_with(HashMap::new);
-    let doomed = Search {
-        g: &*g,
-        me,
-        done: HashMap::new(),
-        open: HashSet::new(),
-    }
-    .wait_is_doomed(all, targets);
-    if let Some(path) = doomed {
-        let mut cycle = who;
-        for (i, id) in path.iter().enumerate() {
+    if let Some(cycle) = doomed(&*g, me, all, targets) {
+        let mut text = who;
+        for (i, id) in cycle.path.iter().enumerate() {
             let sep = if i == 0 {
                 " waits for "
             } else {
                 ", which waits for "
             };
             if let Some(edge) = g.get(id) {
-                cycle.push_str(sep);
-                cycle.push_str(&edge.who);
+                text.push_str(sep);
+                text.push_str(&edge.who);
             }
         }
-        cycle.push_str(", which waits for the first");
-        return Err(Error::Deadlock { cycle });
+        match g.get(&cycle.closes) {
+            Some(edge) if cycle.closes != me => {
+                text.push_str(", which waits for ");
+                text.push_str(&edge.who);
+                text.push_str(" again");
+            }
+            _ => text.push_str(", which waits for the first"),
+        }
+        return Err(Error::Deadlock { cycle: text });
     }
     g.insert(
         me,
@@ -157,58 +171,378 @@ pub(crate) fn begin_wait(targets: &[u64], all: bool) -> Result<Option<WaitGuard>
     Ok(Some(WaitGuard { task: me }))
 }
 
-/// A search for a way back to `me` through the recorded waits.
-struct Search<'a> {
-    g: &'a HashMap<u64, Edge>,
-    me: u64,
-    /// Tasks already decided: `Some(path back to me)` when doomed.
-    done: HashMap<u64, Option<Vec<u64>>>,
-    /// Tasks on the current search path.
-    open: HashSet<u64>,
+/// The recorded waits as the search reads them: who waits, whether for all
+/// of its targets, and for which.
+trait Waits {
+    /// The wait task `t` is blocked in, if any.
+    fn wait_of(&self, t: u64) -> Option<(bool, &[u64])>;
 }
 
-impl Search<'_> {
-    /// If a wait on `targets` (all of them, or the first) could never end,
-    /// the tasks through which it comes back to `me`.
-    fn wait_is_doomed(&mut self, all: bool, targets: &[u64]) -> Option<Vec<u64>> {
-        let mut first = None;
-        for &t in targets {
-            match self.task_is_doomed(t) {
-                Some(path) if all => return Some(path),
-                Some(path) => first = first.or(Some(path)),
-                None if !all => return None,
-                None => {}
+impl Waits for HashMap<u64, Edge> {
+    fn wait_of(&self, t: u64) -> Option<(bool, &[u64])> {
+        self.get(&t).map(|e| (e.all, &e.targets[..]))
+    }
+}
+
+/// Why a wait is doomed: the tasks through which it comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cycle {
+    /// The tasks in order: the waiting task waits for the first, each for
+    /// the next, and the last for `closes`. None of them can finish.
+    path: Vec<u64>,
+    /// The task the last one waits for: the waiting task itself, unless the
+    /// wait leads into a knot of stuck tasks that does not come back to it.
+    closes: u64,
+}
+
+/// If task `me`, about to wait for `targets` (`all` of them, or the first
+/// to finish), could then never finish: the [`Cycle`] that holds it.
+///
+/// Over the tasks reachable from `me` through the waits (`me`'s own wait
+/// being the new one), it computes which can still finish, as a least
+/// fixpoint, with a work list: a task that is not blocked (nor `me`) can
+/// finish; a blocked task can once as many of its targets can as it needs
+/// (all of them, or one); an empty wait ends at once. Each task that can
+/// finish is counted once against each task waiting on it, so the cost is
+/// the number of (task, target) pairs reachable.
+fn doomed(waits: &impl Waits, me: u64, all: bool, targets: &[u64]) -> Option<Cycle> {
+    let wait_of = |t: u64| {
+        if t == me {
+            Some((all, targets))
+        } else {
+            waits.wait_of(t)
+        }
+    };
+    // The reachable blocked tasks, each with its distinct targets; and who
+    // waits on each task.
+    let mut blocked: HashMap<u64, (bool, Vec<u64>)> = HashMap::new();
+    let mut waiters: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut can: HashSet<u64> = HashSet::new();
+    let mut finished: VecDeque<u64> = VecDeque::new();
+    let mut seen: HashSet<u64> = HashSet::from([me]);
+    let mut open = vec![me];
+    while let Some(t) = open.pop() {
+        let Some((all, ts)) = wait_of(t) else {
+            can.insert(t);
+            finished.push_back(t);
+            continue;
+        };
+        let mut distinct = ts.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for &u in &distinct {
+            waiters.entry(u).or_default().push(t);
+            if seen.insert(u) {
+                open.push(u);
             }
         }
-        if all {
-            None
+        blocked.insert(t, (all, distinct));
+    }
+    // How many more targets each blocked task needs.
+    let mut need: HashMap<u64, usize> = HashMap::new();
+    for (&t, (all, ts)) in &blocked {
+        let n = if *all { ts.len() } else { ts.len().min(1) };
+        if n == 0 {
+            can.insert(t);
+            finished.push_back(t);
         } else {
-            first
+            need.insert(t, n);
+        }
+    }
+    while let Some(f) = finished.pop_front() {
+        for &w in waiters.get(&f).map_or(&[][..], |w| &w[..]) {
+            let Some(n) = need.get_mut(&w) else { continue };
+            *n -= 1;
+            if *n == 0 {
+                need.remove(&w);
+                if can.insert(w) {
+                    finished.push_back(w);
+                }
+            }
+        }
+    }
+    if can.contains(&me) {
+        return None;
+    }
+    Some(stuck_path(&blocked, &can, me))
+}
+
+/// The shortest path from `me` back to itself through tasks that cannot
+/// finish; failing that, one into a knot of such tasks. Every task that
+/// cannot finish waits for at least one other such task (all its targets,
+/// for a wait on the first), so the walk never runs dry.
+fn stuck_path(blocked: &HashMap<u64, (bool, Vec<u64>)>, can: &HashSet<u64>, me: u64) -> Cycle {
+    let stuck_targets = |t: u64| {
+        blocked
+            .get(&t)
+            .into_iter()
+            .flat_map(|(_, ts)| ts.iter().copied())
+            .filter(|u| !can.contains(u))
+    };
+    // Breadth first from `me`, for the shortest way back.
+    let mut parent: HashMap<u64, u64> = HashMap::new();
+    let mut queue = VecDeque::from([me]);
+    while let Some(t) = queue.pop_front() {
+        for u in stuck_targets(t) {
+            if u == me {
+                let mut path = vec![];
+                let mut at = t;
+                while at != me {
+                    path.push(at);
+                    // Every task queued but `me` has a parent.
+                    let Some(&up) = parent.get(&at) else { break };
+                    at = up;
+                }
+                path.reverse();
+                return Cycle { path, closes: me };
+            }
+            if let Entry::Vacant(e) = parent.entry(u) {
+                e.insert(t);
+                queue.push_back(u);
+            }
+        }
+    }
+    // No way back to `me` (the recorded waits were stuck without it): walk
+    // to the first task seen twice.
+    let mut path = Vec::new();
+    let mut on_path = HashSet::from([me]);
+    let mut at = me;
+    loop {
+        let Some(next) = stuck_targets(at).next() else {
+            return Cycle { path, closes: at };
+        };
+        if !on_path.insert(next) {
+            return Cycle { path, closes: next };
+        }
+        path.push(next);
+        at = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-built graph: task -> (all, targets).
+    struct Graph(HashMap<u64, (bool, Vec<u64>)>);
+
+    impl Waits for Graph {
+        fn wait_of(&self, t: u64) -> Option<(bool, &[u64])> {
+            self.0.get(&t).map(|(all, ts)| (*all, &ts[..]))
         }
     }
 
-    /// If task `t` can never finish while `me` is blocked, the path from `t`
-    /// back to `me` (`t` first; `me` itself gives an empty path).
-    fn task_is_doomed(&mut self, t: u64) -> Option<Vec<u64>> {
-        if t == self.me {
-            return Some(Vec::new());
+    const ALL: bool = true;
+    const ANY: bool = false;
+
+    fn graph(waits: &[(u64, bool, &[u64])]) -> Graph {
+        Graph(
+            waits
+                .iter()
+                .map(|&(t, all, ts)| (t, (all, ts.to_vec())))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_wait_on_a_task_that_is_not_blocked_is_fine() {
+        assert_eq!(doomed(&graph(&[]), 1, ALL, &[2]), None);
+        assert_eq!(doomed(&graph(&[(2, ALL, &[3])]), 1, ALL, &[2]), None);
+    }
+
+    #[test]
+    fn a_two_task_cycle_is_doomed() {
+        let g = graph(&[(2, ALL, &[1])]);
+        assert_eq!(
+            doomed(&g, 1, ALL, &[2]),
+            Some(Cycle {
+                path: vec![2],
+                closes: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_wait_on_itself_is_doomed() {
+        assert_eq!(
+            doomed(&graph(&[]), 1, ALL, &[1]),
+            Some(Cycle {
+                path: vec![],
+                closes: 1
+            })
+        );
+    }
+
+    #[test]
+    fn an_empty_wait_ends_at_once() {
+        assert_eq!(doomed(&graph(&[]), 1, ANY, &[]), None);
+        assert_eq!(doomed(&graph(&[]), 1, ALL, &[]), None);
+    }
+
+    #[test]
+    fn all_is_doomed_by_one_target_and_first_only_by_all() {
+        // 2 waits for 1; 3 is free.
+        let g = graph(&[(2, ALL, &[1])]);
+        assert!(doomed(&g, 1, ALL, &[3, 2]).is_some());
+        assert_eq!(doomed(&g, 1, ANY, &[3, 2]), None);
+        assert!(doomed(&g, 1, ANY, &[2]).is_some());
+    }
+
+    /// The shape a depth-first search with a "not doomed" cache got wrong:
+    /// m (1) waits for a (2); a for the first of b (3) or c (4); b for a;
+    /// c for m. Whichever of the four waits comes last, it is refused.
+    #[test]
+    fn a_cycle_through_a_wait_on_the_first_is_found_whichever_wait_closes_it() {
+        let (m, a, b, c) = (1, 2, 3, 4);
+        let waits: [(u64, bool, &[u64]); 4] = [
+            (m, ALL, &[a]),
+            (a, ANY, &[b, c]),
+            (b, ALL, &[a]),
+            (c, ALL, &[m]),
+        ];
+        for last in 0..4 {
+            let others: Vec<_> = (0..4).filter(|&i| i != last).map(|i| waits[i]).collect();
+            let (me, all, targets) = waits[last];
+            let found = doomed(&graph(&others), me, all, targets);
+            let cycle = found.unwrap_or_else(|| panic!("missed with task {me} last"));
+            assert_eq!(cycle.closes, me);
+            assert_path(&graph(&others), me, targets, &cycle);
         }
-        if let Some(known) = self.done.get(&t) {
-            return known.clone();
+        // And with a's targets the other way round.
+        let g = graph(&[(a, ANY, &[c, b]), (b, ALL, &[a]), (c, ALL, &[m])]);
+        assert_eq!(
+            doomed(&g, m, ALL, &[a]),
+            Some(Cycle {
+                path: vec![a, c],
+                closes: m
+            })
+        );
+    }
+
+    #[test]
+    fn a_wait_on_the_first_with_one_way_out_is_fine() {
+        // a (2) waits for the first of b (3) or c (4); b waits for m; c is
+        // not blocked: m's wait on a ends when c does.
+        let g = graph(&[(2, ANY, &[3, 4]), (3, ALL, &[1])]);
+        assert_eq!(doomed(&g, 1, ALL, &[2]), None);
+    }
+
+    /// Checks that `cycle` is a real path: `me` waits for its first task,
+    /// each task waits for the next, the last for `closes`.
+    fn assert_path(g: &Graph, me: u64, targets: &[u64], cycle: &Cycle) {
+        let mut from = targets;
+        for &t in &cycle.path {
+            assert!(from.contains(&t), "{cycle:?} is no path");
+            from = g.wait_of(t).map_or(&[][..], |(_, ts)| ts);
         }
-        // A task already on the search path closes a cycle without `me`:
-        // those tasks are stuck already, but that gives `me` no way back.
-        let edge = self.g.get(&t)?; // not blocked: it will finish
-        if !self.open.insert(t) {
-            return None;
+        assert!(from.contains(&cycle.closes), "{cycle:?} does not close");
+        assert!(cycle.closes == me || cycle.path.contains(&cycle.closes));
+    }
+
+    /// A small, fixed pseudo-random sequence (xorshift).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
         }
-        let result = self.wait_is_doomed(edge.all, &edge.targets).map(|rest| {
-            let mut path = vec![t];
-            path.extend(rest);
-            path
-        });
-        self.open.remove(&t);
-        self.done.insert(t, result.clone());
-        result
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Which tasks of `all_waits` (task -> wait, every task in 1..=n) can
+    /// finish: the least fixpoint, by brute force as the intersection of
+    /// every set closed under "can finish" (Knaster-Tarski).
+    fn finishable_by_brute_force(n: u64, waits: &HashMap<u64, (bool, Vec<u64>)>) -> Vec<bool> {
+        let ids: Vec<u64> = (1..=n).collect();
+        let mut least = (1u32 << n) - 1;
+        for set in 0..(1u32 << n) {
+            let has = |t: u64| set & (1 << (t - 1)) != 0;
+            let closed = ids.iter().all(|&t| {
+                let can = match waits.get(&t) {
+                    None => true,
+                    Some((true, ts)) => ts.iter().all(|&u| has(u)),
+                    Some((false, ts)) => ts.is_empty() || ts.iter().any(|&u| has(u)),
+                };
+                !can || has(t)
+            });
+            if closed {
+                least &= set;
+            }
+        }
+        ids.iter().map(|&t| least & (1 << (t - 1)) != 0).collect()
+    }
+
+    /// Whether `me` reaches itself through tasks that cannot finish.
+    fn comes_back(me: u64, waits: &HashMap<u64, (bool, Vec<u64>)>, finishable: &[bool]) -> bool {
+        let mut seen = HashSet::new();
+        let mut open = vec![me];
+        while let Some(t) = open.pop() {
+            for &u in waits.get(&t).map_or(&[][..], |(_, ts)| ts) {
+                if finishable[(u - 1) as usize] {
+                    continue;
+                }
+                if u == me {
+                    return true;
+                }
+                if seen.insert(u) {
+                    open.push(u);
+                }
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn random_small_graphs_agree_with_brute_force() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut doomed_seen = 0;
+        for _ in 0..20_000 {
+            let n = 1 + rng.below(6);
+            let mut waits = HashMap::new();
+            for t in 1..=n {
+                // Task 1 is the one about to wait: it always has a wait.
+                if t != 1 && rng.below(3) == 0 {
+                    continue;
+                }
+                let all = rng.below(2) == 0;
+                let k = rng.below(4);
+                let targets: Vec<u64> = (0..k).map(|_| 1 + rng.below(n)).collect();
+                waits.insert(t, (all, targets));
+            }
+            let (all, targets) = waits[&1].clone();
+            let recorded = Graph(
+                waits
+                    .iter()
+                    .filter(|(&t, _)| t != 1)
+                    .map(|(&t, w)| (t, w.clone()))
+                    .collect(),
+            );
+            let finishable = finishable_by_brute_force(n, &waits);
+            let found = doomed(&recorded, 1, all, &targets);
+            assert_eq!(
+                found.is_some(),
+                !finishable[0],
+                "graph {waits:?}: doomed {found:?}, brute force says finishable {finishable:?}"
+            );
+            if let Some(cycle) = found {
+                doomed_seen += 1;
+                assert_path(&recorded, 1, &targets, &cycle);
+                for &t in &cycle.path {
+                    assert!(!finishable[(t - 1) as usize], "{t} in {cycle:?} can finish");
+                }
+                if comes_back(1, &waits, &finishable) {
+                    assert_eq!(cycle.closes, 1, "{waits:?}: {cycle:?}");
+                }
+            }
+        }
+        assert!(
+            doomed_seen > 1000,
+            "the graphs cover doomed waits: {doomed_seen}"
+        );
     }
 }

@@ -1,4 +1,7 @@
-//! The one error type of the crate.
+//! The one error type of the crate, and how a caught panic becomes one.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Everything that can go wrong when submitting work or waiting for it.
 ///
@@ -163,17 +166,33 @@ fn tries_note(tries: u32) -> String {
 }
 
 impl Error {
-    /// The `Panicked` error for a caught panic payload.
-    pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Error {
-        Error::Panicked {
-            message: panic_message(&*payload),
-        }
+    /// The `Panicked` error for a caught panic payload; the payload is
+    /// dropped with [`drop_panic_payload`].
+    pub(crate) fn from_panic(payload: Box<dyn Any + Send>) -> Error {
+        let message = panic_message(&*payload);
+        drop_panic_payload(payload);
+        Error::Panicked { message }
+    }
+}
+
+/// Drops a caught panic payload without letting a second panic out.
+///
+/// A payload is any value (`std::panic::panic_any`), and its `Drop` may
+/// panic too. Dropped carelessly after a `catch_unwind`, that second panic
+/// unwinds through the library: on a pool thread it kills the thread, and
+/// the task's future never ends. So every payload the library catches is
+/// dropped here, inside a `catch_unwind` of its own; the payload of that
+/// second panic is leaked with `mem::forget` rather than dropped, since
+/// its `Drop` could panic in turn.
+pub(crate) fn drop_panic_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
     }
 }
 
 /// The text of a panic payload: `&str` and `String` as they are, anything
 /// else as a fixed sentence.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

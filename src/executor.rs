@@ -406,8 +406,19 @@ impl Executor {
     ///
     /// After it, `submit*` and `map*` return [`Error::Shutdown`]. With
     /// `cancel_futures`, queued tasks that have not started are cancelled.
-    /// With `wait`, blocks until every task still queued or running is done
-    /// (not counting the caller's own task, when called from a pool thread).
+    /// With `wait`, blocks until every task still queued or running is done.
+    ///
+    /// Called with `wait` from a task of this thread pool, it cannot wait
+    /// for its own task, which ends only after it returns; Python raises
+    /// "cannot join current thread" there. Nor can it wait for another task
+    /// of the pool that is itself blocked in such a shutdown: each would
+    /// wait for the other forever. So it waits for the pool's other
+    /// threads, except those blocked in a `shutdown(true, _)` of their
+    /// own, to finish the queue and exit, and then returns. The tasks of
+    /// those threads (and what the queue still held for them) may then not
+    /// have finished yet; they run on after it returns, as the caller's own
+    /// task does. It never returns an error and never deadlocks on these
+    /// waits.
     pub fn shutdown(&self, wait: bool, cancel_futures: bool) {
         self.inner.shutdown(wait, cancel_futures);
     }

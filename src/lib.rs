@@ -47,6 +47,7 @@ mod map;
 mod process;
 mod recycle;
 mod registry;
+mod sync;
 mod threads;
 mod wait;
 

@@ -299,6 +299,86 @@ fn cycle_through_three_tasks_on_one_worker() {
     });
 }
 
+#[test]
+fn a_cycle_through_a_first_completed_wait_is_refused() {
+    // m waits for a; a waits for the first of {b, c}; b waits for a; c
+    // waits for m. Every way forward from m comes back to it: b needs a,
+    // and c needs m. The wait that closes the cycle (m's, if the others are
+    // in place first, as the test tries to arrange) is refused; then the
+    // others all end.
+    within_watchdog(|| {
+        let ex = Executor::threads(4);
+        let barrier = Arc::new(Barrier::new(4));
+        let (out_tx, out) = channel::<Outcome>();
+        let (waiting_tx, waiting) = channel::<&'static str>();
+        let (to_m, for_m) = channel::<Arc<Future<()>>>();
+        let (to_a, for_a) = channel::<(Future<()>, Future<()>)>();
+        let (to_b, for_b) = channel::<Arc<Future<()>>>();
+        let (to_c, for_c) = channel::<Future<()>>();
+        let task = |me: &'static str| (barrier.clone(), out_tx.clone(), waiting_tx.clone(), me);
+
+        let (m_barrier, m_out, _, me) = task("m");
+        let m = ex
+            .submit(move || {
+                m_barrier.wait();
+                let a = recv(&for_m);
+                m_out.send((me, a.try_wait())).unwrap();
+            })
+            .unwrap();
+        let (a_barrier, a_out, a_waiting, me) = task("a");
+        let a = ex
+            .submit(move || {
+                a_barrier.wait();
+                let (b, c) = recv(&for_a);
+                a_waiting.send(me).unwrap();
+                let waited = try_wait(vec![b, c], None, ReturnWhen::FirstCompleted);
+                a_out.send((me, waited.map(|_| ()))).unwrap();
+            })
+            .unwrap();
+        let (b_barrier, b_out, b_waiting, me) = task("b");
+        let b = ex
+            .submit(move || {
+                b_barrier.wait();
+                let a = recv(&for_b);
+                b_waiting.send(me).unwrap();
+                b_out.send((me, a.try_wait())).unwrap();
+            })
+            .unwrap();
+        let (c_barrier, c_out, c_waiting, me) = task("c");
+        let c = ex
+            .submit(move || {
+                c_barrier.wait();
+                let m = recv(&for_c);
+                c_waiting.send(me).unwrap();
+                c_out.send((me, m.try_wait())).unwrap();
+            })
+            .unwrap();
+
+        // c, b and a start their waits, in that order, then m.
+        let a = Arc::new(a);
+        to_c.send(m).unwrap();
+        assert_eq!(recv(&waiting), "c");
+        to_b.send(a.clone()).unwrap();
+        assert_eq!(recv(&waiting), "b");
+        to_a.send((b, c)).unwrap();
+        assert_eq!(recv(&waiting), "a");
+        // Makes it likely that a's wait is recorded before m's starts.
+        thread::sleep(Duration::from_millis(100));
+        to_m.send(a.clone()).unwrap();
+
+        let outcomes: Vec<Outcome> = (0..4).map(|_| recv(&out)).collect();
+        let refused: Vec<_> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+        assert!(!refused.is_empty(), "someone is refused: {outcomes:?}");
+        for (_, r) in &refused {
+            assert_deadlock(r.as_ref().unwrap_err(), 2);
+        }
+        let mut names: Vec<_> = outcomes.iter().map(|(me, _)| *me).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c", "m"], "every task ended");
+        assert!(a.wait_timeout(LONG));
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Timed waits end by themselves: never refused.
 

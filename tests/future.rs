@@ -522,3 +522,111 @@ fn sleeping_waiters_racing_completion_are_all_woken() {
         }
     }
 }
+
+// ---- the order of completion and callbacks (Python's) ----
+
+/// As in Python, a future is published as done (its waiters woken) before
+/// its done-callbacks run: inside a callback, the future is done.
+#[test]
+fn a_done_callback_sees_its_future_done() {
+    let ex = Executor::threads(1);
+    let gate = Gate::new();
+    let f = Arc::new(gated(&ex, &gate, 5));
+    let (tx, rx) = mpsc::channel();
+    let inner = f.clone();
+    f.add_done_callback(move |r| {
+        tx.send((r.clone(), inner.done(), inner.running())).unwrap();
+    });
+    gate.open();
+    let seen = rx.recv_timeout(LONG).expect("the callback did not run");
+    assert_eq!(seen, (Ok(5), true, false));
+}
+
+/// A callback that waits on its own future returns from that wait at once:
+/// the future is done before its callbacks run. (Were the callbacks run
+/// first, the completing thread would wait for itself.)
+#[test]
+fn a_done_callback_waiting_on_its_own_future_returns_at_once() {
+    // On a helper thread: were the callback's wait to hang, the pool could
+    // not shut down, and the test must fail rather than hang.
+    let (done, untimed_returned) = common::within(LONG * 3, || {
+        let ex = Executor::threads(1);
+        let gate = Gate::new();
+        let f = Arc::new(gated(&ex, &gate, 5));
+        let (tx, rx) = mpsc::channel();
+        let inner = f.clone();
+        f.add_done_callback(move |_| {
+            let done = inner.wait_timeout(LONG);
+            inner.wait();
+            tx.send((done, true)).unwrap();
+        });
+        gate.open();
+        let seen = rx
+            .recv_timeout(LONG * 2)
+            .expect("the callback did not report");
+        // The pool's thread is free again.
+        assert_eq!(ex.submit(|| 6).unwrap().result_timeout(LONG), Ok(6));
+        seen
+    });
+    assert!(done, "wait_timeout inside the callback timed out");
+    assert!(untimed_returned);
+}
+
+/// The same for a future that is cancelled: inside its callback it is
+/// cancelled and done, and a wait on it returns at once.
+#[test]
+fn a_done_callback_of_a_cancelled_future_sees_it_done() {
+    let ex = Executor::threads(1);
+    let gate = Gate::new();
+    let _busy = block_worker(&ex, &gate);
+    let f = Arc::new(ex.submit(|| 1).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let inner = f.clone();
+    f.add_done_callback(move |r| {
+        let waited = inner.wait_timeout(LONG);
+        tx.send((r.clone(), inner.done(), inner.cancelled(), waited))
+            .unwrap();
+    });
+    assert!(f.cancel());
+    let seen = rx.recv_timeout(LONG * 2).expect("the callback did not run");
+    assert_eq!(seen, (Err(Error::Cancelled), true, true, true));
+}
+
+/// `wait` returns once the future is published, while its callbacks may
+/// still run; `result` (which moves the outcome the callbacks borrow) waits
+/// for them to finish.
+#[test]
+fn result_waits_for_the_done_callbacks_while_wait_does_not() {
+    let ex = Executor::threads(1);
+    let task_gate = Gate::new();
+    let f = gated(&ex, &task_gate, 5);
+    let callback_gate = Gate::new();
+    let held = callback_gate.waiter();
+    let (in_callback_tx, in_callback) = mpsc::channel();
+    let finished = Arc::new(AtomicBool::new(false));
+    let fin = finished.clone();
+    f.add_done_callback(move |r| {
+        in_callback_tx.send(()).unwrap();
+        held.wait();
+        assert_eq!(r, &Ok(5));
+        fin.store(true, Ordering::SeqCst);
+    });
+    task_gate.open();
+    in_callback
+        .recv_timeout(LONG)
+        .expect("the callback did not run");
+    // The callback is held: the future is done all the same.
+    assert!(f.done());
+    assert!(f.wait_timeout(Duration::ZERO));
+    let opener = thread::spawn(move || {
+        // Makes it likely that result() below really waits for the callback.
+        thread::sleep(Duration::from_millis(50));
+        callback_gate.open();
+    });
+    assert_eq!(f.result_timeout(LONG), Ok(5));
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "result() returned while a callback still borrowed the outcome"
+    );
+    opener.join().unwrap();
+}

@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
@@ -228,6 +228,58 @@ fn shutdown_from_inside_a_task() {
         })
         .unwrap();
     assert_eq!(f.result_timeout(LONG), Ok(true));
+}
+
+#[test]
+fn two_tasks_that_both_shut_down_their_pool_with_wait_both_finish() {
+    // Each task's shutdown(wait) waits for the pool's other threads; were
+    // each to wait for the other, both would hang (Python answers both
+    // with "cannot join current thread").
+    within(LONG * 3, || {
+        let ex = Executor::threads(2);
+        let both_running = Arc::new(Barrier::new(2));
+        let task = || {
+            let ex = ex.clone();
+            let both_running = both_running.clone();
+            move || {
+                both_running.wait();
+                ex.shutdown(true, false);
+                matches!(ex.submit(|| ()), Err(Error::Shutdown))
+            }
+        };
+        let a = ex.submit(task()).unwrap();
+        let b = ex.submit(task()).unwrap();
+        assert_eq!(a.result_timeout(LONG), Ok(true));
+        assert_eq!(b.result_timeout(LONG), Ok(true));
+    });
+}
+
+#[test]
+fn shutdown_wait_inside_a_task_still_waits_for_the_other_threads_work() {
+    within(LONG * 3, || {
+        let ex = Executor::threads(2);
+        let gate = Gate::new();
+        let busy = block_worker(&ex, &gate);
+        let inner = ex.clone();
+        let f = ex
+            .submit(move || {
+                inner.shutdown(true, false);
+                busy.done()
+            })
+            .unwrap();
+        let opener = thread::spawn(move || {
+            // If the shutdown did not wait for the busy worker, it would
+            // very likely return before this sleep ends.
+            thread::sleep(Duration::from_millis(50));
+            gate.open();
+        });
+        assert_eq!(
+            f.result_timeout(LONG),
+            Ok(true),
+            "the shutdown returned before the other thread's task ended"
+        );
+        opener.join().unwrap();
+    });
 }
 
 // ---- dropping the last clone ----

@@ -345,3 +345,99 @@ fn named_tasks_run_on_threads() {
         "{result:?}"
     );
 }
+
+// ---- panics whose payload panics again when dropped ----
+
+/// A panic payload whose `Drop` panics: dropping it carelessly is a second
+/// panic, outside any `catch_unwind` of the pool.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("bomb");
+    }
+}
+
+/// What a task that panics with something other than a string reports.
+fn not_a_string() -> Error {
+    Error::Panicked {
+        message: "the task panicked with a value that is not a string".into(),
+    }
+}
+
+#[test]
+fn a_panic_payload_that_panics_on_drop_fails_only_its_task() {
+    // On a helper thread: a dead worker would hang the pool's shutdown.
+    common::within(LONG * 3, || {
+        let ex = Executor::threads(1);
+        let f = ex
+            .submit(|| -> i32 { std::panic::panic_any(Bomb) })
+            .unwrap();
+        assert_eq!(f.result_timeout(LONG), Err(not_a_string()));
+        // The pool's only thread survived it.
+        assert_eq!(ex.submit(|| 5).unwrap().result_timeout(LONG), Ok(5));
+    });
+}
+
+#[test]
+fn a_map_item_panicking_with_such_a_payload_fails_that_item() {
+    common::within(LONG * 3, || {
+        let ex = Executor::threads(1);
+        let results: Vec<Result<i32, Error>> = ex
+            .map(
+                |x: i32| {
+                    if x == 1 {
+                        std::panic::panic_any(Bomb)
+                    }
+                    x
+                },
+                0..3,
+            )
+            .unwrap()
+            .collect();
+        // As in Python, the map ends at its first error.
+        assert_eq!(results, [Ok(0), Err(not_a_string())]);
+        assert_eq!(ex.submit(|| 5).unwrap().result_timeout(LONG), Ok(5));
+    });
+}
+
+#[test]
+fn a_done_callback_panicking_with_such_a_payload_is_caught() {
+    common::within(LONG * 3, || {
+        let ex = Executor::threads(1);
+        let gate = Gate::new();
+        let w = gate.waiter();
+        let f = ex
+            .submit(move || {
+                w.wait();
+                1
+            })
+            .unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        f.add_done_callback(|_| std::panic::panic_any(Bomb));
+        let r = ran.clone();
+        f.add_done_callback(move |_| r.store(true, Ordering::SeqCst));
+        gate.open();
+        assert_eq!(f.result_timeout(LONG), Ok(1));
+        assert!(ran.load(Ordering::SeqCst), "the next callback did not run");
+        assert_eq!(ex.submit(|| 5).unwrap().result_timeout(LONG), Ok(5));
+    });
+}
+
+#[test]
+fn an_initializer_panicking_with_such_a_payload_breaks_the_pool() {
+    common::within(LONG * 3, || {
+        let ex = Executor::builder()
+            .threads(1)
+            .initializer(|| std::panic::panic_any(Bomb))
+            .build()
+            .unwrap();
+        let f = ex.submit(|| ()).unwrap();
+        let result = f.result_timeout(LONG);
+        assert!(
+            matches!(result, Err(Error::BrokenPool { .. })),
+            "{result:?}"
+        );
+        common::within(LONG, move || drop(ex));
+    });
+}

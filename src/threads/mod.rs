@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::deadlock;
+use crate::error::{drop_panic_payload, panic_message};
 use crate::future::Job;
 use crate::recycle::Counted;
 use crate::Error;
@@ -42,7 +43,8 @@ struct Common {
     /// Set by shutdown, before the stop marks are queued.
     closed: AtomicBool,
     state: Mutex<State>,
-    /// Signalled when a thread exits.
+    /// Signalled when a thread exits, and when a pool thread starts to
+    /// wait in `shutdown`.
     exited: Condvar,
 }
 
@@ -53,6 +55,9 @@ struct State {
     marked: bool,
     started: usize,
     alive: usize,
+    /// Pool threads blocked in `shutdown(wait = true)` (see
+    /// [`ThreadPool::shutdown`]).
+    joining: usize,
 }
 
 /// A pool of worker threads.
@@ -64,6 +69,10 @@ pub(crate) struct ThreadPool {
     tx: Sender<Queue>,
     rx: Receiver<Queue>,
     common: Arc<Common>,
+    /// For tests: this many next thread starts fail, as when the operating
+    /// system refuses a thread.
+    #[cfg(test)]
+    refuse_spawns: AtomicUsize,
 }
 
 impl Common {
@@ -96,9 +105,12 @@ impl ThreadPool {
                     marked: false,
                     started: 0,
                     alive: 0,
+                    joining: 0,
                 }),
                 exited: Condvar::new(),
             }),
+            #[cfg(test)]
+            refuse_spawns: AtomicUsize::new(0),
         }
     }
 
@@ -113,7 +125,7 @@ impl ThreadPool {
         cancel: impl FnOnce() -> bool,
     ) -> Result<(), Error> {
         if !self.common.full.load(Ordering::Acquire) {
-            return self.submit_starting(job);
+            return self.submit_starting(job, cancel);
         }
         if self.common.closed.load(Ordering::SeqCst) {
             return Err(refusal(&self.common.lock()));
@@ -148,7 +160,16 @@ impl ThreadPool {
     }
 
     /// The submit of a pool still starting threads: under the lock.
-    fn submit_starting(&self, job: Counted<dyn Job>) -> Result<(), Error> {
+    ///
+    /// If no thread could be started and none is alive, the job is
+    /// cancelled before the error is returned: an `Err` from a submit means
+    /// the task will never run, and a thread started later would otherwise
+    /// find it in the queue and run it.
+    fn submit_starting(
+        &self,
+        job: Counted<dyn Job>,
+        cancel: impl FnOnce() -> bool,
+    ) -> Result<(), Error> {
         let mut st = self.common.lock();
         if self.common.closed.load(Ordering::SeqCst) {
             return Err(refusal(&st));
@@ -165,7 +186,15 @@ impl ThreadPool {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
                 .is_ok();
             if !took_idle {
-                self.start_thread(&mut st)?;
+                if let Err(e) = self.start_thread(&mut st) {
+                    // Outside the lock: cancelling drops the task's work,
+                    // which may own anything (even a clone of this pool).
+                    drop(st);
+                    // Nobody else can have claimed it (no thread is alive,
+                    // and its future is not out yet); if somehow someone
+                    // did, it runs, and the submit succeeded.
+                    return if cancel() { Err(e) } else { Ok(()) };
+                }
             }
         }
         Ok(())
@@ -181,10 +210,13 @@ impl ThreadPool {
             common: self.common.clone(),
             initializer: self.initializer.clone(),
         };
-        match std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || worker.run())
-        {
+        let spawned = match self.refused_spawn() {
+            Some(refused) => Err(refused),
+            None => std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || worker.run()),
+        };
+        match spawned {
             Ok(_) => {
                 st.started += 1;
                 st.alive += 1;
@@ -202,8 +234,14 @@ impl ThreadPool {
     }
 
     /// Closes the queue; cancels what is queued if `cancel_futures`; waits
-    /// for the threads to exit if `wait` (not counting the calling thread
-    /// when it is one of them).
+    /// for the threads to exit if `wait`.
+    ///
+    /// Called with `wait` on one of the pool's own threads, it cannot wait
+    /// for that thread (it exits only once the task that called this
+    /// returns), nor for another pool thread blocked here too: each would
+    /// wait for the other forever. So such a caller counts itself in
+    /// `joining`, and waits only until every thread still alive is one of
+    /// those joining.
     pub(crate) fn shutdown(&self, wait: bool, cancel_futures: bool) {
         let mut st = self.common.lock();
         // Closed before the marks are queued: see `submit`.
@@ -225,18 +263,44 @@ impl ThreadPool {
         if !wait {
             return;
         }
-        let me = usize::from(deadlock::current_pool() == Some(self.id));
-        while st.alive > me {
+        let on_own_thread = deadlock::current_pool() == Some(self.id);
+        if on_own_thread {
+            st.joining += 1;
+            // Those already joining count one more thread they need not
+            // wait for.
+            self.common.exited.notify_all();
+        }
+        let joining = |st: &State| if on_own_thread { st.joining } else { 0 };
+        while st.alive > joining(&st) {
             st = self
                 .common
                 .exited
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        if on_own_thread {
+            st.joining -= 1;
+        }
     }
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// For tests: an error in place of the next thread start, while
+    /// `refuse_spawns` counts any.
+    #[cfg(test)]
+    fn refused_spawn(&self) -> Option<std::io::Error> {
+        self.refuse_spawns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| std::io::Error::other("refused by a test"))
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn refused_spawn(&self) -> Option<std::io::Error> {
+        None
     }
 }
 
@@ -275,11 +339,13 @@ impl Worker {
         deadlock::enter_worker(self.pool, self.name.clone());
         let initialized = match &self.initializer {
             Some(init) => catch_unwind(AssertUnwindSafe(|| init())).map_err(|p| {
-                format!(
+                let reason = format!(
                     "the initializer panicked in thread {}: {}",
                     self.name,
-                    crate::error::panic_message(&*p)
-                )
+                    panic_message(&*p)
+                );
+                drop_panic_payload(p);
+                reason
             }),
             None => Ok(()),
         };
@@ -302,7 +368,23 @@ impl Worker {
                 };
                 for job in self.rx.iter() {
                     let Some(job) = job else { break };
-                    job.run(&idle);
+                    // A task's panics are caught around its work and each
+                    // callback. This catches what escapes all the same (a
+                    // result nobody took whose drop panics, with the job's
+                    // last handle), so the thread lives on and `alive`
+                    // stays true.
+                    let ran = catch_unwind(AssertUnwindSafe(|| {
+                        job.run(&idle);
+                        drop(job);
+                    }));
+                    if let Err(p) = ran {
+                        log::error!(
+                            "twinpool: a panic escaped a task on thread {}: {}",
+                            self.name,
+                            panic_message(&*p)
+                        );
+                        drop_panic_payload(p);
+                    }
                 }
             }
             Err(reason) => self.break_pool(reason),
@@ -328,5 +410,43 @@ impl Worker {
                 reason: reason.clone(),
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::future::{Future, Shared};
+
+    /// Submits `work` to `pool` as `Executor::submit` does.
+    fn submit<T: Send + 'static>(
+        pool: &ThreadPool,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Future<T>, Error> {
+        let (shared, job) = Shared::new(pool.id(), None, move || Ok(work()));
+        pool.submit(job, || shared.cancel_with(Error::Cancelled))?;
+        Ok(Future::new(shared))
+    }
+
+    #[test]
+    fn a_submit_that_could_start_no_thread_never_runs_its_task() {
+        let pool = ThreadPool::new(u64::MAX, 1, "refused".into(), None);
+        pool.refuse_spawns.store(1, Ordering::SeqCst);
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let refused = submit(&pool, move || r.store(true, Ordering::SeqCst));
+        assert!(matches!(refused, Err(Error::Spawn { .. })), "{refused:?}");
+        // The next submit starts the thread; one thread takes the queue in
+        // order, so a task left behind by the first submit would run first.
+        let next = submit(&pool, || 5).expect("the second thread start works");
+        assert_eq!(next.result_timeout(Duration::from_secs(30)), Ok(5));
+        pool.shutdown(true, false);
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "a task whose submit failed ran anyway"
+        );
     }
 }

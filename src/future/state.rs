@@ -1,44 +1,98 @@
-//! The one `Future` state machine, shared by both back ends.
+//! The state of one task, shared by its [`Future`](super::Future) and by
+//! whoever runs it, for both back ends.
 //!
 //! ```text
 //!   Pending ──claim──▶ Running ──complete──▶ Finished
-//!      │
+//!      │                  └─(process task)─▶ Completing ──▶ Finished
 //!      └──cancel──▶ Cancelled
 //! ```
 //!
-//! A thread-pool task carries its work inside `Pending`; whoever claims it
-//! first runs it: a worker thread, or a pool thread that blocks on the future
-//! and helps (see [`crate::deadlock`]). A process-pool task is pending with no
-//! work here; its dispatcher claims it when it sends it to a worker, and
-//! completes it when the answer comes back.
+//! A thread-pool task carries its work inside the state (a [`WorkSlot`]);
+//! whoever claims it first runs it: a worker thread, or a pool thread that
+//! blocks on the future and helps (see [`crate::deadlock`]). A process-pool
+//! task is pending with no work here; its dispatcher claims it when it sends
+//! it to a worker ([`Shared::claim_remote`]), and completes it when the
+//! answer comes back ([`Shared::complete`]).
 //!
-//! The phase is one atomic word, so the common life of a task (claimed,
-//! completed, its result taken) takes no lock. Everything rarer (done
-//! callbacks, `wait`/`as_completed` watchers, an async waker, a thread
-//! asleep on the condvar) lives behind a mutex, and whoever adds one sets
-//! the word's `SLOW` bit under that mutex: completion then publishes under
-//! the mutex too, so nothing added is missed.
+//! # The phase word
 //!
-//! Completion runs the done-callbacks first, on the completing thread, then
-//! publishes the result and wakes waiters: when `result()` returns, every
-//! callback added before completion has run. Cancellation is the exception,
-//! as in Python: it wakes waiters first, then runs the callbacks on the
-//! cancelling thread. No lock is held while a callback runs.
+//! The phase and its flags are one `AtomicU32`, so the common life of a task
+//! (claimed, completed, its result taken) takes no lock. Everything rarer
+//! (done-callbacks, `wait`/`as_completed` watchers, an async waker, a thread
+//! asleep on the condvar) lives behind the mutex, in [`Slow`].
+//!
+//! | bits | name | meaning | set by | under the mutex? |
+//! |---|---|---|---|---|
+//! | 0..3 | `PENDING` (0) | not started; the work is still in its slot | [`Shared::build`] | no (not shared yet) |
+//! | 0..3 | `RUNNING` (1) | claimed: this thread, or a worker process, owns the work | the claimer, by CAS from `PENDING` | no |
+//! | 0..3 | `COMPLETING` (2) | a process task's (or a failed pending task's) one completer is chosen and writes the outcome | that completer, by CAS from `PENDING`/`RUNNING` | no |
+//! | 0..3 | `FINISHED` (3) | the outcome is written and published | the completer | only when `SLOW` is set |
+//! | 0..3 | `CANCELLED` (4) | ended without running; there is no outcome in the cell | the canceller, by CAS from `PENDING` | only when `SLOW` is set |
+//! | 3 | `FAILED` | with `FINISHED`: the outcome is an error | the completer, with `FINISHED` | as `FINISHED` |
+//! | 4 | `SLOW` | someone uses the mutex side: the task must end under the mutex | whoever adds a callback, watcher, waker or sleeper | yes, always |
+//! | 5 | `TAKEN` | with `FINISHED`: `.await` moved the outcome out | the future's owner, in `poll` | no (the owner is alone) |
+//! | 6 | `LENT` | with `FINISHED`: done-callbacks borrow the outcome, which one thread holds; `result()` and `.await` wait | the completer, with `FINISHED`; or `add_done_callback` on a finished future | yes, set and cleared |
+//!
+//! The rule that makes the lock-free path safe: `SLOW` is only ever set
+//! under the mutex, and a completer that sees it clear publishes with one
+//! compare-and-swap from the exact word it looked at. If someone set `SLOW`
+//! meanwhile, the swap fails and the completer ends the task under the
+//! mutex instead, where it sees everything that was added.
+//!
+//! The phase bits themselves move forward only, and each move out of
+//! `PENDING` (or into `COMPLETING`) is a compare-and-swap: exactly one
+//! thread wins it, and that thread alone touches the work and writes the
+//! outcome.
+//!
+//! # Callbacks run after the task is published
+//!
+//! As in Python, the end of a task is published first (the phase becomes
+//! final, sleepers, watchers and the waker are woken), and the
+//! done-callbacks run after that, on the thread that ended the task:
+//! inside a callback the future is done, and a wait on it returns at once.
+//! No lock is held while a callback runs.
+//!
+//! Callbacks borrow the outcome (`&Result<T, Error>`), while `result()` and
+//! `.await` move it out. So a completer with callbacks to run publishes
+//! `FINISHED | LENT`, keeps the outcome on its stack while the callbacks
+//! run (and those added meanwhile, which queue up for it), then puts it in
+//! the cell and clears `LENT` under the mutex, waking whoever waits to take
+//! it. `done()` and `wait` look for the final phase ([`Until::Ended`]);
+//! `result()` and `.await` also for `LENT` to be clear
+//! ([`Until::Takeable`]). A callback added after the end lends the outcome
+//! the same way. A cancelled task has no outcome to lend: its callbacks get
+//! their own `Err(Cancelled)` (or the error a pending task was failed with),
+//! after the cancellation is published.
+//!
+//! A thread pool's `finishing` hook (see [`Job::run`]) runs just before the
+//! outcome can be taken: after the callbacks, if any, else just before the
+//! task is published. A submit that follows `result()` then finds the
+//! thread idle.
+//!
+//! # Model checks
+//!
+//! The atomics, mutex, condvar and cells here come from [`crate::sync`],
+//! so that under `--cfg loom` the models in `src/future/loom.rs` explore
+//! every interleaving of the races above: completion against
+//! `add_done_callback`, cancel against claim, completion against a waiter
+//! going to sleep, and callbacks borrowing the outcome against `result()`
+//! and `.await` taking it.
 
-use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::deadlock::{self, TaskTag};
 use crate::recycle::{self, Counted};
+use crate::sync::{AtomicU32, Condvar, Mutex, MutexGuard, Ordering, UnsafeCell};
 use crate::Error;
 
 /// The work of a thread-pool task, when it has to be boxed.
 pub(crate) type Work<T> = Box<dyn FnOnce() -> Result<T, Error> + Send>;
-type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
+/// A done-callback, boxed.
+pub(super) type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
 /// Told when a future ends; used by `wait` and `as_completed`.
 pub(crate) type Watcher = Arc<dyn Fn() + Send + Sync>;
 
@@ -91,9 +145,37 @@ const FAILED: u32 = 1 << 3;
 const SLOW: u32 = 1 << 4;
 /// With `FINISHED`: `.await` moved the outcome out.
 const TAKEN: u32 = 1 << 5;
+/// With `FINISHED`: one thread runs done-callbacks that borrow the outcome;
+/// it holds the outcome meanwhile, and nobody may take it. Callbacks added
+/// meanwhile queue up for that thread.
+const LENT: u32 = 1 << 6;
 
+/// Finished or cancelled: `done()`, and `wait` returns.
 fn is_done(word: u32) -> bool {
     matches!(word & PHASE, FINISHED | CANCELLED)
+}
+
+/// Done, and no callback borrows the outcome: `result()` may take it.
+fn is_takeable(word: u32) -> bool {
+    is_done(word) && word & LENT == 0
+}
+
+/// What a wait waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Until {
+    /// The task ended: `wait` and its kin.
+    Ended,
+    /// The task ended and no callback borrows its outcome: `result`.
+    Takeable,
+}
+
+impl Until {
+    fn reached(self, word: u32) -> bool {
+        match self {
+            Until::Ended => is_done(word),
+            Until::Takeable => is_takeable(word),
+        }
+    }
 }
 
 /// What sits behind the mutex.
@@ -103,9 +185,6 @@ struct Slow<T> {
     extras: Option<Box<Extras<T>>>,
     /// Threads blocked on the condvar; completion skips the notify when 0.
     sleepers: u32,
-    /// True while a done-callback added after the end runs with the
-    /// outcome lent to it; callbacks added meanwhile queue up for it.
-    lent: bool,
 }
 
 struct Extras<T> {
@@ -180,11 +259,11 @@ where
     }
     unsafe fn run(&self) -> Option<Result<T, Error>> {
         // SAFETY: the caller is the only thread touching the slot.
-        unsafe { (*self.0.get()).take() }.map(|f| f())
+        self.0.with_mut(|f| unsafe { (*f).take() }).map(|f| f())
     }
     unsafe fn discard(&self) {
         // SAFETY: the caller is the only thread touching the slot.
-        drop(unsafe { (*self.0.get()).take() });
+        drop(self.0.with_mut(|f| unsafe { (*f).take() }));
     }
 }
 
@@ -214,17 +293,20 @@ impl<T> WorkSlot<T> for Remote {
 #[repr(C)]
 pub(crate) struct Shared<T, W: ?Sized = dyn WorkSlot<T>> {
     /// The count of [`Counted`] handles (the future's, the queue's, ...).
+    /// Always std's atomic, also under loom: `Counted` reads it as one.
     refs: AtomicUsize,
     tag: TaskTag,
     pool: u64,
-    /// The phase and flags (`PENDING`, ..., `SLOW`).
+    /// The phase and its flags: see the table in the module doc.
     phase: AtomicU32,
     slow: Mutex<Slow<T>>,
     cond: Condvar,
-    /// The outcome. Written once, by the thread that completes the task,
-    /// before it publishes `FINISHED`; after that only moved out by the
-    /// future's owner (`result` consumes the future, `poll` has it `&mut`)
-    /// or lent to callbacks by the one thread that set `Slow::lent`.
+    /// The outcome. Written by the thread that completes the task, before
+    /// it publishes `FINISHED` without `LENT` (or before it clears `LENT`);
+    /// after that only moved out by the future's owner (`result` consumes
+    /// the future, `poll` has it `&mut`) once `LENT` is clear, or lent to
+    /// callbacks by the one thread that sets `LENT` (under the mutex), which
+    /// puts it back before it clears `LENT`.
     outcome: UnsafeCell<Option<Result<T, Box<Error>>>>,
     work: W,
 }
@@ -237,10 +319,11 @@ unsafe impl<T: Send, W: ?Sized + Sync> Sync for Shared<T, W> {}
 /// A task in a thread pool's queue, with its result type erased.
 pub(crate) trait Job: Send + Sync {
     /// Runs the task on this thread unless it was cancelled or claimed.
-    /// `finishing` is called exactly once on this thread: after the task's
-    /// callbacks and just before its result is published, or at once if
-    /// there was nothing to run. A pool counts its thread idle there, so a
-    /// submit that follows a `result()` finds the thread idle.
+    /// `finishing` is called exactly once on this thread: just before the
+    /// task's result can be taken by `result()` (after its done-callbacks,
+    /// which run once the task is published as done), or at once if there
+    /// was nothing to run. A pool counts its thread idle there, so a submit
+    /// that follows a `result()` finds the thread idle.
     fn run(&self, finishing: &dyn Fn());
     /// Cancels the task if it has not started.
     fn cancel(&self) -> bool;
@@ -295,7 +378,6 @@ impl<T, W> Shared<T, W> {
             slow: Mutex::new(Slow {
                 extras: None,
                 sleepers: 0,
-                lent: false,
             }),
             cond: Condvar::new(),
             outcome: UnsafeCell::new(None),
@@ -304,7 +386,40 @@ impl<T, W> Shared<T, W> {
     }
 }
 
+impl<T, W: ?Sized> Shared<T, W> {
+    /// The task's name, for named tasks ("a closure" otherwise).
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn name(&self) -> Arc<str> {
+        self.tag.name.clone().unwrap_or_else(|| "a closure".into())
+    }
+
+    /// The task's id, unique in this process.
+    pub(crate) fn id(&self) -> u64 {
+        self.tag.id
+    }
+}
+
 impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
+    /// Puts `result` in the outcome cell.
+    ///
+    /// # Safety
+    /// This thread alone may touch the cell now (see [`Shared::outcome`]).
+    unsafe fn put_outcome(&self, result: Result<T, Error>) {
+        let boxed = result.map_err(Box::new);
+        // SAFETY: the caller's promise.
+        self.outcome.with_mut(|cell| unsafe { *cell = Some(boxed) });
+    }
+
+    /// Moves the outcome out of its cell, if it is there.
+    ///
+    /// # Safety
+    /// As for [`put_outcome`](Self::put_outcome).
+    unsafe fn take_outcome(&self) -> Option<Result<T, Error>> {
+        // SAFETY: the caller's promise.
+        let boxed = self.outcome.with_mut(|cell| unsafe { (*cell).take() });
+        boxed.map(|r| r.map_err(|e| *e))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Slow<T>> {
         // User code never runs under this lock, so a poisoned lock (a panic
         // in the library itself) still holds valid data.
@@ -317,17 +432,6 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         let g = self.lock();
         let word = self.phase.fetch_or(SLOW, Ordering::AcqRel);
         (g, word)
-    }
-
-    /// The task's name, for named tasks ("a closure" otherwise).
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn name(&self) -> Arc<str> {
-        self.tag.name.clone().unwrap_or_else(|| "a closure".into())
-    }
-
-    /// The task's id, unique in this process.
-    pub(crate) fn id(&self) -> u64 {
-        self.tag.id
     }
 
     /// Moves the phase from `from` to `to`, keeping the flags; false if the
@@ -387,8 +491,8 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     }
 
     /// Ends a process task with `result` (it may not have been sent yet,
-    /// e.g. when its argument could not be encoded): callbacks, then
-    /// waiters. Of several threads that race to complete it, the first wins
+    /// e.g. when its argument could not be encoded): waiters, then
+    /// callbacks. Of several threads that race to complete it, the first wins
     /// and the others' results are dropped.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn complete(&self, result: Result<T, Error>) {
@@ -399,8 +503,9 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         }
     }
 
-    /// Runs the callbacks, calls `finishing`, then writes and publishes
-    /// `result` and wakes whoever waits.
+    /// Publishes `result` and wakes whoever waits, then runs the
+    /// done-callbacks; calls `finishing` just before the result can be
+    /// taken.
     ///
     /// # Safety
     /// Only the task's one completer calls it, once: the thread that claimed
@@ -433,41 +538,44 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         let done = (word & !PHASE) | FINISHED | if result.is_err() { FAILED } else { 0 };
         // SAFETY: the outcome is not published yet, and this thread is the
         // one completer: nobody else touches the cell.
-        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
+        unsafe { self.put_outcome(result) };
         match (self.phase).compare_exchange(word, done, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => Ok(()),
             // SAFETY: as above, it is still unpublished.
-            Err(_) => match unsafe { (*self.outcome.get()).take() } {
-                Some(result) => Err(result.map_err(|e| *e)),
+            Err(_) => match unsafe { self.take_outcome() } {
+                Some(result) => Err(result),
                 None => Ok(()),
             },
         }
     }
 
-    /// Ends the task under the lock: runs the callbacks (also those added
-    /// while they run), calls `finishing`, publishes `result`, and wakes
-    /// sleepers, watchers and the waker.
+    /// Ends the task under the lock, in Python's order: publishes it as
+    /// finished and wakes sleepers, watchers and the waker; then, if there
+    /// are done-callbacks, runs them (also those added while they run) with
+    /// the outcome lent to them (`LENT`), and only then lets `result()`
+    /// take it. `finishing` is called just before that.
     ///
     /// # Safety
     /// As for [`publish`](Self::publish).
     unsafe fn publish_slow(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
         let failed = if result.is_err() { FAILED } else { 0 };
         let mut g = self.lock();
-        loop {
-            let callbacks = g.take_callbacks();
-            if callbacks.is_empty() {
-                break;
-            }
-            drop(g);
-            run_callbacks(callbacks, &result);
-            g = self.lock();
+        let callbacks = g.take_callbacks();
+        if callbacks.is_empty() {
+            finishing();
+            // SAFETY: the outcome is not published yet, and this thread is
+            // the one completer; `SLOW` is set, so nobody reads the cell
+            // before the phase is published below, under the lock.
+            unsafe { self.put_outcome(result) };
+            self.end_locked(g, FINISHED | failed);
+            return;
         }
-        finishing();
-        // SAFETY: the outcome is not published yet, and this thread is the
-        // one completer; `SLOW` is set, so nobody reads the cell before the
-        // phase is published below, under the lock.
-        unsafe { *self.outcome.get() = Some(result.map_err(Box::new)) };
-        self.end_locked(g, FINISHED | failed);
+        // Done from here on, but the outcome stays with this thread while
+        // callbacks borrow it; callbacks added meanwhile queue up for it.
+        self.end_locked(g, FINISHED | failed | LENT);
+        run_callbacks(callbacks, &result);
+        // SAFETY: this thread set `LENT` above.
+        unsafe { self.end_lending(result, finishing) };
     }
 
     /// Publishes the final phase `fin` (with its flags) under the lock `g`,
@@ -496,8 +604,43 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             w();
         }
         if let Some(w) = waker {
-            w.wake();
+            // Someone else's code: a panic in it must not stop this thread
+            // halfway through ending the task.
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| w.wake())) {
+                log::error!(
+                    "an async waker panicked when woken: {}",
+                    crate::error::panic_message(&*p)
+                );
+                crate::error::drop_panic_payload(p);
+            }
         }
+    }
+
+    /// Runs the callbacks queued while this thread lent the outcome to
+    /// callbacks, calls `finishing`, puts the outcome back in the cell and
+    /// clears `LENT`; then wakes those waiting to take it (`result()`, a
+    /// waker).
+    ///
+    /// # Safety
+    /// This thread set `LENT`, and holds the outcome taken out of the cell
+    /// (or never put in).
+    unsafe fn end_lending(&self, result: Result<T, Error>, finishing: &dyn Fn()) {
+        let mut g = self.lock();
+        loop {
+            let callbacks = g.take_callbacks();
+            if callbacks.is_empty() {
+                break;
+            }
+            drop(g);
+            run_callbacks(callbacks, &result);
+            g = self.lock();
+        }
+        finishing();
+        // SAFETY: `LENT` keeps everyone else off the cell until it is
+        // cleared just below, under the lock.
+        unsafe { self.put_outcome(result) };
+        self.phase.fetch_and(!LENT, Ordering::Release);
+        self.wake_all(g);
     }
 
     /// Ends a pending task with `err` (`Cancelled` gives the cancelled
@@ -511,7 +654,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         if !cancelling {
             // SAFETY: moving it to `COMPLETING` made this thread the one
             // completer; the outcome is published below.
-            unsafe { *self.outcome.get() = Some(Err(Box::new(err.clone()))) };
+            unsafe { self.put_outcome(Err(err.clone())) };
         }
         let fin = if cancelling {
             CANCELLED
@@ -544,23 +687,30 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         true
     }
 
-    /// Waits until the task ends or `deadline` passes: Ok(true) when it
-    /// ended, Ok(false) on timeout. An untimed wait on a pool thread helps
-    /// (runs the task here if it has not started) or is refused with
-    /// `Deadlock` when it could never end.
-    fn wait_until(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+    /// Waits until `until` is reached or `deadline` passes: Ok(true) when
+    /// it was reached, Ok(false) on timeout. An untimed wait on a pool
+    /// thread for a task that has not ended helps (runs the task here if it
+    /// has not started) or is refused with `Deadlock` when it could never
+    /// end. A wait only for the callbacks of a task that has ended neither
+    /// helps nor is checked: those callbacks already run.
+    pub(super) fn wait_until(
+        &self,
+        until: Until,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Error> {
         // Held until this wait returns: the recorded "I wait for this task".
         let mut _edge = None;
-        if self.spin_until_ended(deadline) {
+        if self.spin_until(until, deadline) {
             return Ok(true);
         }
         let mut checked = deadline.is_some() || deadlock::current_pool().is_none();
         let (mut g, _) = self.lock_slow();
         loop {
-            if self.is_done() {
+            let word = self.phase.load(Ordering::Acquire);
+            if until.reached(word) {
                 return Ok(true);
             }
-            if !checked {
+            if !checked && !is_done(word) {
                 drop(g);
                 if !self.try_help() {
                     _edge = deadlock::begin_wait(&[self.tag.id], true)?;
@@ -592,11 +742,15 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     /// Spins, then yields, for up to [`SPIN_BUDGET`], in case the task is
     /// about to end: that answer is much cheaper than sleeping and being
     /// woken (a process round trip costs about half again as much through a
-    /// sleep). Yielding lets the threads that would answer run. True if it
-    /// ended.
-    fn spin_until_ended(&self, deadline: Option<Instant>) -> bool {
+    /// sleep). Yielding lets the threads that would answer run. True if
+    /// `until` was reached.
+    fn spin_until(&self, until: Until, deadline: Option<Instant>) -> bool {
+        let reached = || until.reached(self.phase.load(Ordering::Acquire));
+        if !crate::sync::SPIN {
+            return reached();
+        }
         for step in 0..7 {
-            if self.is_done() {
+            if reached() {
                 return true;
             }
             for _ in 0..(1u32 << step) {
@@ -609,12 +763,12 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
             None => now + SPIN_BUDGET,
         };
         while Instant::now() < until {
-            if self.is_done() {
+            if reached() {
                 return true;
             }
             std::thread::yield_now();
         }
-        self.is_done()
+        reached()
     }
 
     /// On a thread of this task's pool: if the task has not started, runs it
@@ -634,7 +788,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
         true
     }
 
-    fn is_done(&self) -> bool {
+    pub(super) fn is_done(&self) -> bool {
         is_done(self.phase.load(Ordering::Acquire))
     }
 
@@ -668,27 +822,102 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized> Shared<T, W> {
     ///
     /// # Safety
     /// The caller owns the task's `Future` exclusively (`result` consumes
-    /// it, `poll` has it `&mut`), so no callback has the outcome lent.
-    unsafe fn take(&self, mark: bool) -> Result<T, Error> {
+    /// it, `poll` has it `&mut`), so no thread can start lending the
+    /// outcome to callbacks but the completer, which sets `LENT` as it
+    /// publishes.
+    pub(super) unsafe fn take(&self, mark: bool) -> Result<T, Error> {
         let word = self.phase.load(Ordering::Acquire);
         match word & PHASE {
-            FINISHED if word & TAKEN == 0 => {
+            FINISHED if word & (TAKEN | LENT) == 0 => {
                 if mark {
                     self.phase.fetch_or(TAKEN, Ordering::Relaxed);
                 }
                 // SAFETY: published, and the caller's exclusivity keeps
                 // everyone else off the cell.
-                match unsafe { (*self.outcome.get()).take() } {
-                    Some(r) => r.map_err(|e| *e),
-                    None => Err(taken()),
-                }
+                unsafe { self.take_outcome() }.unwrap_or_else(|| Err(taken()))
             }
             CANCELLED => Err(Error::Cancelled),
-            FINISHED => Err(taken()),
+            FINISHED if word & TAKEN != 0 => Err(taken()),
             _ => Err(Error::InvalidArgument {
                 reason: "the task has not ended yet".into(),
             }),
         }
+    }
+}
+
+impl<T: Send + 'static> Shared<T> {
+    /// True if the task was cancelled.
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.phase.load(Ordering::Acquire) & PHASE == CANCELLED
+    }
+
+    /// True while the task runs (claimed, not yet published).
+    pub(super) fn is_running(&self) -> bool {
+        matches!(
+            self.phase.load(Ordering::Acquire) & PHASE,
+            RUNNING | COMPLETING
+        )
+    }
+
+    /// How to stop the task once it runs (process tasks only).
+    pub(super) fn stopper(&self) -> Option<&Stopper> {
+        self.work.stopper()
+    }
+
+    /// Runs `cb` with the outcome once the task ends: see
+    /// [`Future::add_done_callback`](super::Future::add_done_callback).
+    pub(super) fn add_callback(&self, cb: Callback<T>) {
+        let (mut g, word) = self.lock_slow();
+        if !is_done(word) || word & LENT != 0 {
+            // The completer, or the thread the outcome is lent to, runs it.
+            g.extras().callbacks.push(cb);
+            return;
+        }
+        if word & PHASE == CANCELLED {
+            drop(g);
+            run_callback(cb, &Err(Error::Cancelled));
+            return;
+        }
+        // SAFETY: finished and not lent: nobody but the owner touches the
+        // cell, and the owner cannot take it while the caller borrows its
+        // future. Under the lock, with `LENT` set below before it is
+        // released, this thread becomes the one lender.
+        let Some(r) = (unsafe { self.take_outcome() }) else {
+            drop(g);
+            run_callback(cb, &Err(taken()));
+            return;
+        };
+        self.phase.fetch_or(LENT, Ordering::Relaxed);
+        drop(g);
+        run_callback(cb, &r);
+        // SAFETY: this thread set `LENT` above and holds the outcome.
+        unsafe { self.end_lending(r, &|| {}) };
+    }
+
+    /// The `poll` of `Future`: the outcome once ended, else registers the
+    /// waker.
+    ///
+    /// # Safety
+    /// The caller has the task's `Future` `&mut`.
+    pub(super) unsafe fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
+        if is_takeable(self.phase.load(Ordering::Acquire)) {
+            // SAFETY: the caller's promise.
+            return Poll::Ready(unsafe { self.take(true) });
+        }
+        // Not ended, or callbacks borrow the outcome: the end of either
+        // wakes the waker, under the lock.
+        let (mut g, word) = self.lock_slow();
+        if is_takeable(word) {
+            drop(g);
+            // SAFETY: as above.
+            return Poll::Ready(unsafe { self.take(true) });
+        }
+        let extras = g.extras();
+        match &extras.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => extras.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -729,228 +958,15 @@ fn run_callback<T>(cb: Callback<T>, result: &Result<T, Error>) {
             "a done-callback panicked (the other callbacks still run): {}",
             crate::error::panic_message(&*p)
         );
+        crate::error::drop_panic_payload(p);
     }
 }
 
-/// The handle of one submitted task, like Python's `concurrent.futures.Future`.
-///
-/// It is `Send + Sync` for `T: Send` and not `Clone`: [`result`](Self::result)
-/// consumes it and moves the value out. It is also a
-/// [`std::future::Future`], so async code can `.await` a pool task.
-///
-/// Dropping a `Future` does not cancel its task (as in Python); call
-/// [`cancel`](Self::cancel) for that.
-pub struct Future<T> {
-    shared: Counted<Shared<T>>,
-}
-
-impl<T> std::fmt::Debug for Future<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Future")
-            .field("task", &self.shared.tag.id)
-            .finish()
-    }
-}
-
-impl<T: Send + 'static> Future<T> {
-    pub(crate) fn new(shared: Counted<Shared<T>>) -> Self {
-        Future { shared }
-    }
-
-    pub(crate) fn shared(&self) -> &Counted<Shared<T>> {
-        &self.shared
-    }
-
-    /// Blocks until the task ends and returns its result.
-    ///
-    /// Called from a task of the same pool on a task that has not started,
-    /// it runs that task on the calling thread instead of sleeping, so nested
-    /// submit-and-wait works with one worker. If the wait could never end
-    /// (tasks waiting on each other in a cycle) it returns
-    /// [`Error::Deadlock`] at once instead of hanging.
-    pub fn result(self) -> Result<T, Error> {
-        self.shared.wait_until(None)?;
-        // SAFETY: `self` is owned here.
-        unsafe { self.shared.take(false) }
-    }
-
-    /// Like [`result`](Self::result), but gives up with [`Error::Timeout`]
-    /// after `timeout`. The task keeps running. A timed wait never helps and
-    /// is never refused as a deadlock: it ends by itself.
-    pub fn result_timeout(self, timeout: Duration) -> Result<T, Error> {
-        if !self.shared.wait_until(Some(deadline_after(timeout)))? {
-            return Err(Error::Timeout);
-        }
-        // SAFETY: `self` is owned here.
-        unsafe { self.shared.take(false) }
-    }
-
-    /// Blocks until the task ends (finished or cancelled).
-    ///
-    /// A wait that could never end (see [`result`](Self::result)) returns at
-    /// once with the future still not done, and logs the cycle; use
-    /// [`try_wait`](Self::try_wait) to get the [`Error::Deadlock`].
-    pub fn wait(&self) {
-        if let Err(e) = self.try_wait() {
-            log::error!("{e}");
-        }
-    }
-
-    /// Blocks until the task ends; `Err(Error::Deadlock)` if it never could.
-    pub fn try_wait(&self) -> Result<(), Error> {
-        self.shared.wait_until(None).map(|_| ())
-    }
-
-    /// Blocks until the task ends or `timeout` passes; true when it ended.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        matches!(
-            self.shared.wait_until(Some(deadline_after(timeout))),
-            Ok(true)
-        )
-    }
-
-    /// Cancels the task if it has not started: it will never run and its
-    /// result is [`Error::Cancelled`]. Returns true if the task is now
-    /// cancelled (also when it already was), false if it is running or has
-    /// finished.
-    pub fn cancel(&self) -> bool {
-        self.shared.cancel_with(Error::Cancelled)
-    }
-
-    /// Stops the task, even one already running in a worker process.
-    ///
-    /// A task that has not started is cancelled, as by [`cancel`](Self::cancel).
-    /// A process task that runs has its worker process killed (the pool
-    /// starts a replacement and re-sends the other tasks that worker held);
-    /// its future ends in [`Error::Killed`] shortly after this returns. A
-    /// process task that was handed to a worker but had not started there
-    /// ends in `Killed` at once; the worker may still run it, and its result
-    /// is dropped.
-    ///
-    /// Returns true if the task was cancelled or is being stopped; false if
-    /// it had finished, or if it runs on a thread, which cannot be stopped
-    /// from outside.
-    pub fn kill(&self) -> bool {
-        if self.cancel() {
-            return true;
-        }
-        match (self.shared.work.stopper(), self.running()) {
-            (Some(stop), true) => {
-                stop(self.shared.tag.id);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// True if the task was cancelled.
-    pub fn cancelled(&self) -> bool {
-        self.shared.phase.load(Ordering::Acquire) & PHASE == CANCELLED
-    }
-
-    /// True while the task runs (for a process pool: from the moment it is
-    /// sent to a worker, as in Python).
-    pub fn running(&self) -> bool {
-        matches!(
-            self.shared.phase.load(Ordering::Acquire) & PHASE,
-            RUNNING | COMPLETING
-        )
-    }
-
-    /// True if the task was cancelled or has finished.
-    pub fn done(&self) -> bool {
-        self.shared.is_done()
-    }
-
-    /// Calls `f` with the result once the task ends.
-    ///
-    /// If the task is still pending or running, `f` runs on the thread that
-    /// completes it (a pool thread or a process pool's reader thread), before
-    /// `result()` returns to anyone, or on the thread that cancels it. If the
-    /// task has already ended, `f` runs at once on the caller's thread (or,
-    /// if another callback added after the end is running at that moment, on
-    /// that callback's thread, right after it). No lock is held while a
-    /// callback runs, so it may use this same future. A panicking callback is
-    /// caught and logged; the other callbacks still run.
-    pub fn add_done_callback<F>(&self, f: F)
-    where
-        F: FnOnce(&Result<T, Error>) + Send + 'static,
-    {
-        let shared = &self.shared;
-        let (mut g, word) = shared.lock_slow();
-        if !is_done(word) || g.lent {
-            // The completer, or the thread the outcome is lent to, runs it.
-            g.extras().callbacks.push(Box::new(f));
-            return;
-        }
-        if word & PHASE == CANCELLED {
-            drop(g);
-            run_callback(Box::new(f), &Err(Error::Cancelled));
-            return;
-        }
-        // SAFETY: finished, and this thread now holds the one lending right
-        // (`lent`); the owner cannot take the outcome while `self` is
-        // borrowed here.
-        let Some(r) = (unsafe { (*shared.outcome.get()).take() }) else {
-            drop(g);
-            run_callback(Box::new(f), &Err(taken()));
-            return;
-        };
-        g.lent = true;
-        drop(g);
-        let r = r.map_err(|e| *e);
-        run_callback(Box::new(f), &r);
-        // Callbacks added while the outcome was lent run here too.
-        let mut g = shared.lock();
-        loop {
-            let callbacks = g.take_callbacks();
-            if callbacks.is_empty() {
-                break;
-            }
-            drop(g);
-            run_callbacks(callbacks, &r);
-            g = shared.lock();
-        }
-        // SAFETY: still under the lending right, given back just below.
-        unsafe { *shared.outcome.get() = Some(r.map_err(Box::new)) };
-        g.lent = false;
-    }
-}
-
-impl<T: Send + 'static> std::future::Future for Future<T> {
-    type Output = Result<T, Error>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = &self.shared;
-        if shared.is_done() {
-            // SAFETY: `poll` has the future `&mut`.
-            return Poll::Ready(unsafe { shared.take(true) });
-        }
-        let (mut g, word) = shared.lock_slow();
-        if is_done(word) {
-            drop(g);
-            // SAFETY: as above.
-            return Poll::Ready(unsafe { shared.take(true) });
-        }
-        let extras = g.extras();
-        match &extras.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => extras.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-/// `now + timeout`, saturating far in the future for huge timeouts.
-pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365))
-}
-
-#[cfg(test)]
+// Plain unit tests; under loom, the models in `super::loom` instead.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::Future;
 
     /// A trivial task's state (result, closure and all) fits in two cache
     /// lines, the 128-byte class of [`crate::recycle`].
