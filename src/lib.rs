@@ -47,6 +47,8 @@ mod map;
 mod process;
 mod recycle;
 mod registry;
+#[cfg(feature = "process")]
+mod schema;
 mod sync;
 mod threads;
 mod wait;

@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 #[cfg(feature = "process")]
+use crate::schema::LazyShape;
+#[cfg(feature = "process")]
 use crate::Error;
 
 /// Calls a registered function on an encoded argument; gives the encoded
@@ -42,6 +44,16 @@ pub(crate) struct Entry {
     pub(crate) call_bytes: Box<BytesFn>,
     #[cfg(feature = "process")]
     pub(crate) call_chunk: Box<ChunkFn>,
+    /// The structure of the argument type, for the handshake to compare
+    /// with a worker's: unlike `arg_type`, it tells two layouts of one
+    /// struct apart. Traced on first use.
+    #[cfg(feature = "process")]
+    #[allow(dead_code)] // read by the handshake, which is being rebuilt
+    pub(crate) arg_shape: LazyShape,
+    /// The structure of the result type, as `arg_shape`.
+    #[cfg(feature = "process")]
+    #[allow(dead_code)] // read by the handshake, which is being rebuilt
+    pub(crate) ret_shape: LazyShape,
 }
 
 type DirectFn<A, R> = Arc<dyn Fn(A) -> R + Send + Sync>;
@@ -153,6 +165,10 @@ impl Registry {
             call_bytes,
             #[cfg(feature = "process")]
             call_chunk,
+            #[cfg(feature = "process")]
+            arg_shape: LazyShape::of::<A>(),
+            #[cfg(feature = "process")]
+            ret_shape: LazyShape::of::<R>(),
         };
         self.tasks.insert(name.to_string(), Arc::new(entry));
         self
@@ -212,5 +228,41 @@ where
     match crate::codec::encode_seq(&results, || format!("the results of task {name:?}")) {
         Ok(bytes) => (bytes, failure),
         Err(e) => (Vec::new(), Some(e)),
+    }
+}
+
+#[cfg(all(test, feature = "process"))]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Job {
+        id: u32,
+        tags: Vec<String>,
+    }
+
+    fn tasks() -> Registry {
+        Registry::new()
+            .register("len", |job: Job| job.tags.len() as u64 + u64::from(job.id))
+            .register("bytes", |b: Vec<u8>| b)
+    }
+
+    #[test]
+    fn entries_carry_the_shapes_of_their_types() {
+        let registry = tasks();
+        let len = registry.get("len").unwrap();
+        assert_eq!(
+            len.arg_shape.get().canonical(),
+            "struct Job { id: u32, tags: seq<str> }"
+        );
+        assert_eq!(len.ret_shape.get().canonical(), "u64");
+        let bytes = registry.get("bytes").unwrap();
+        assert_eq!(bytes.arg_shape.get().canonical(), "raw(seq<u8>)");
+        // Two builds of one registry (here: two calls) agree.
+        let again = tasks();
+        assert_eq!(
+            again.get("len").unwrap().arg_shape.get().fingerprint(),
+            len.arg_shape.get().fingerprint()
+        );
     }
 }
