@@ -479,6 +479,10 @@ pub struct Builder {
     /// The encoded argument of `initializer_named`, or why it failed.
     #[cfg(feature = "process")]
     initializer_arg: Option<Result<Vec<u8>, Error>>,
+    /// The process-pool options given, by name, so that a thread pool can
+    /// refuse them instead of ignoring them.
+    #[cfg(feature = "process")]
+    process_only: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -550,14 +554,19 @@ impl Builder {
     #[cfg(feature = "process")]
     pub fn worker_program(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
         self.process.program = Some(path.into());
+        self.process_only.push("Builder::worker_program");
         self
     }
 
-    /// How long a new worker process has to start and connect before it
-    /// counts as failed ([`Error::Spawn`]). Default: 10 seconds.
+    /// How long new worker processes have to start and connect before they
+    /// count as failed ([`Error::Spawn`]). Workers started together share
+    /// the one deadline: a pool of 5 workers that never connect fails after
+    /// `timeout`, not five times that. Default: 10 seconds;
+    /// `Duration::MAX` waits without end.
     #[cfg(feature = "process")]
     pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Builder {
         self.process.connect_timeout = timeout;
+        self.process_only.push("Builder::connect_timeout");
         self
     }
 
@@ -566,35 +575,87 @@ impl Builder {
     /// `initializer` and `initargs` (a closure cannot cross to a worker, so
     /// the initializer is named). If it panics or fails, the pool is broken:
     /// queued and later work gets [`Error::BrokenPool`] naming the cause.
+    /// An argument that cannot be encoded is an error of
+    /// [`build`](Self::build).
     #[cfg(feature = "process")]
     pub fn initializer_named<A: Serialize + 'static>(mut self, name: &str, arg: A) -> Builder {
         let payload =
             crate::codec::encode(&arg, || format!("the argument of initializer {name:?}"));
         self.initializer_arg = Some(payload);
         self.process.initializer = Some((name.to_string(), Vec::new()));
+        self.process_only.push("Builder::initializer_named");
         self
     }
 
-    /// For a process pool: the default time limit of every task. A task
-    /// that runs longer has its worker killed and replaced, and ends in
-    /// [`Error::TaskTimedOut`]. See [`Executor::submit_named_timeout`] for a
-    /// limit per call. Default: none.
+    /// For a process pool: the default time limit of every task, counted
+    /// from when its worker starts it. A task that runs longer has its
+    /// worker (and the processes it started) killed and replaced, and ends
+    /// in [`Error::TaskTimedOut`] within about 100 ms of its limit, whatever
+    /// else is queued; no other task is harmed. See
+    /// [`Executor::submit_named_timeout`] for a limit per call. Default:
+    /// none; `Duration::MAX` is none too.
     #[cfg(feature = "process")]
     pub fn task_timeout(mut self, limit: std::time::Duration) -> Builder {
         self.process.task_timeout = Some(limit);
+        self.process_only.push("Builder::task_timeout");
         self
     }
 
     /// For a process pool: replace each worker process after it has run `n`
     /// tasks (a chunk of a map counts as one), as Python's
-    /// `max_tasks_per_child`; a cure for leaks in foreign code.
+    /// `max_tasks_per_child`; a cure for leaks in foreign code. 0 is
+    /// [`Error::InvalidArgument`] at [`build`](Self::build), as Python's
+    /// `ValueError`.
     #[cfg(feature = "process")]
     pub fn max_tasks_per_child(mut self, n: usize) -> Builder {
         self.process.max_tasks_per_child = Some(n);
+        self.process_only.push("Builder::max_tasks_per_child");
         self
     }
 
-    /// Builds the executor. 0 workers is [`Error::InvalidArgument`].
+    /// For a process pool: a task whose worker process dies while running
+    /// it (a crash, a signal, running out of memory) runs again, on another
+    /// worker, up to `n` more times, as Ray's `max_retries` and Dask's
+    /// `retries`. The error after the last try, [`Error::WorkerDied`], says
+    /// how many tries ran in its `tries`. A task that panics, times out or
+    /// is killed is not tried again: only a death is. Default: 0.
+    ///
+    /// A task may then run more than once: give it only work that is safe
+    /// to repeat.
+    #[cfg(feature = "process")]
+    pub fn retries(mut self, n: u32) -> Builder {
+        self.process.retries = n;
+        self.process_only.push("Builder::retries");
+        self
+    }
+
+    /// For a process pool: caps the address space of each worker process at
+    /// `bytes` (`setrlimit(RLIMIT_AS)`, like Dask's `memory_limit`), so a
+    /// task that would take all the machine's memory fails instead. The
+    /// task that runs past it ends in [`Error::OutOfMemory`] naming the
+    /// limit, its worker is replaced, and the pool lives.
+    ///
+    /// The limit counts the whole address space of the worker, its program
+    /// and libraries included (tens of MiB): leave room for them. Memory
+    /// that a task asks for in one go beyond the limit fails at once;
+    /// Rust aborts the worker when an allocation fails, and the pool reads
+    /// that as this error.
+    #[cfg(feature = "process")]
+    pub fn worker_memory_limit(mut self, bytes: u64) -> Builder {
+        self.process.memory_limit = Some(bytes);
+        self.process_only.push("Builder::worker_memory_limit");
+        self
+    }
+
+    /// Builds the executor.
+    ///
+    /// [`Error::InvalidArgument`] for 0 workers, and for an option the
+    /// chosen back end would ignore: the process-pool options
+    /// ([`task_timeout`](Self::task_timeout), `max_tasks_per_child`,
+    /// `retries`, `worker_memory_limit`, `initializer_named`,
+    /// `worker_program`, `connect_timeout`) on a thread pool, and
+    /// [`thread_name_prefix`](Self::thread_name_prefix) or the closure
+    /// [`initializer`](Self::initializer) on a process pool.
     pub fn build(self) -> Result<Executor, Error> {
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -602,6 +663,15 @@ impl Builder {
             Kind::Threads => {
                 let n = self.workers.unwrap_or_else(|| (cores + 4).min(32));
                 check_workers(n)?;
+                #[cfg(feature = "process")]
+                if let Some(option) = self.process_only.first() {
+                    return Err(Error::InvalidArgument {
+                        reason: format!(
+                            "{option} is an option of process pools, and a thread pool would \
+                             ignore it; build a process pool (Builder::processes) or leave it out"
+                        ),
+                    });
+                }
                 let prefix = self
                     .thread_name_prefix
                     .unwrap_or_else(|| format!("twinpool-{id}"));
@@ -614,6 +684,36 @@ impl Builder {
             Kind::Processes => {
                 let n = self.workers.unwrap_or(cores);
                 check_workers(n)?;
+                let ignored = [
+                    (
+                        self.thread_name_prefix.is_some(),
+                        "Builder::thread_name_prefix",
+                    ),
+                    (
+                        self.initializer.is_some(),
+                        "Builder::initializer (a closure cannot cross to a worker process; \
+                         use Builder::initializer_named)",
+                    ),
+                ];
+                if let Some((_, option)) = ignored.iter().find(|(given, _)| *given) {
+                    return Err(Error::InvalidArgument {
+                        reason: format!(
+                            "{option} is an option of thread pools, and a process pool would \
+                             ignore it; leave it out"
+                        ),
+                    });
+                }
+                if self.process.max_tasks_per_child == Some(0) {
+                    return Err(Error::InvalidArgument {
+                        reason: "Builder::max_tasks_per_child must be at least 1".into(),
+                    });
+                }
+                let mut process = self.process;
+                if let (Some((_, payload)), Some(arg)) =
+                    (process.initializer.as_mut(), self.initializer_arg)
+                {
+                    *payload = arg?;
+                }
                 let registry = self
                     .registry
                     .clone()
@@ -622,7 +722,7 @@ impl Builder {
                              give one with Builder::registry"
                             .into(),
                     })?;
-                let pool = ProcessPool::start(id, n, registry, self.process)?;
+                let pool = ProcessPool::start(id, n, registry, process)?;
                 (Backend::Processes(pool), n)
             }
         };

@@ -69,7 +69,7 @@ pub use process::serve_if_worker;
 #[cfg(feature = "process")]
 #[doc(hidden)]
 pub fn __fuzz_decode_frames(bytes: &[u8]) {
-    process::wire::decode_all(bytes);
+    process::frames::decode_all(bytes);
 }
 
 // The README's examples run as doctests.

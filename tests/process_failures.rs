@@ -135,9 +135,16 @@ fn sigkill_mid_task_is_reported_and_others_untouched() {
     // SAFETY: kill(2) on a worker pid this test owns.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     match victim.result_timeout(LONG) {
-        Err(Error::WorkerDied { pid: p, status }) => {
+        Err(Error::WorkerDied {
+            pid: p,
+            status,
+            exit,
+            tries,
+        }) => {
             assert_eq!(p, pid);
             assert!(status.contains("SIGKILL"), "{status}");
+            assert_eq!(exit, twinpool::WorkerExit::Signal(libc::SIGKILL));
+            assert_eq!(tries, 1);
         }
         other => panic!("expected WorkerDied, got {other:?}"),
     }

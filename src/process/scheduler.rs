@@ -456,6 +456,11 @@ impl<H: Handle> Scheduler<H> {
         out
     }
 
+    /// True while worker `w` is the scheduler's (not yet lost).
+    pub(crate) fn has_worker(&self, w: WorkerId) -> bool {
+        self.workers.contains_key(&w)
+    }
+
     /// True once [`Action::Finished`] was queued.
     pub(crate) fn is_finished(&self) -> bool {
         self.finished

@@ -1,35 +1,54 @@
-//! Starting a worker process and checking its handshake.
+//! Starting worker processes, checking their handshake, and reaping them.
 //!
-//! The pool opens an ipc-channel one-shot server and starts the worker
-//! program with the server's name in [`SERVER_ENV`]. The worker connects and
-//! sends a [`Hello`]: its protocol version, its pid, the tasks it holds, and
-//! the two byte channels the pool will use. ipc-channel's `accept` blocks
-//! forever, so it runs on a helper thread and the pool waits for it with a
-//! deadline, watching the child meanwhile.
+//! The pool opens an ipc-channel one-shot server per worker and starts the
+//! worker program with the server's name in [`SERVER_ENV`], in a process
+//! group of its own (so that a kill reaches the processes its tasks start).
+//! The worker connects and sends a [`Hello`]: its protocol version, the
+//! tasks it holds with the structure of their types, and its channels.
+//! ipc-channel's `accept` blocks until something connects, so it runs on a
+//! helper thread and the pool waits for it with a deadline, watching the
+//! child meanwhile. Several workers start at once and share one deadline.
+//!
+//! Every child this module starts is reaped by it or handed over in a
+//! [`Connected`]; on every error path the child is killed and reaped, and
+//! its accept thread is released and joined.
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
-use super::wire::{Hello, PROTOCOL_VERSION};
-use super::worker::{PARENT_ENV, SERVER_ENV};
+use super::frames::{Hello, TaskInfo, MEMORY_LIMIT_ENV, PARENT_ENV, PROTOCOL_VERSION, SERVER_ENV};
+use crate::error::WorkerExit;
 use crate::{Error, Registry};
 
-/// A started, connected worker.
-pub(crate) struct Spawned {
+/// How workers are started.
+#[derive(Debug, Clone)]
+pub(crate) struct StartOptions {
+    /// The worker program.
+    pub(crate) program: PathBuf,
+    /// How long the workers of one start have to connect.
+    pub(crate) connect_timeout: Duration,
+    /// Each worker's address-space limit, in bytes.
+    pub(crate) memory_limit: Option<u64>,
+}
+
+/// A started, connected and checked worker.
+pub(crate) struct Connected {
     pub(crate) child: Child,
     pub(crate) hello: Hello,
 }
 
 /// A worker started but not yet connected.
-pub(crate) struct Starting {
+struct Starting {
     child: Child,
     server_name: String,
-    accepted: crossbeam_channel::Receiver<Result<Hello, String>>,
-    program: PathBuf,
+    accepted: Receiver<Result<Hello, String>>,
+    accept_thread: Option<JoinHandle<()>>,
 }
 
 /// The program workers run: the given one, or this executable.
@@ -45,125 +64,199 @@ pub(crate) fn worker_program(given: Option<&PathBuf>) -> Result<PathBuf, Error> 
     }
 }
 
-/// Starts `program` as a worker; call [`Starting::connect`] next. Start
-/// several before connecting any, so they boot in parallel.
-pub(crate) fn start(program: &PathBuf) -> Result<Starting, Error> {
+/// Starts `n` workers at once and waits for them to connect, all within one
+/// `connect_timeout`. If starting one fails (no such program, out of file
+/// descriptors or processes), no more are started and the rest get the same
+/// error.
+pub(crate) fn start_many(
+    opts: &StartOptions,
+    n: usize,
+    registry: &Registry,
+) -> Vec<Result<Connected, Error>> {
+    let deadline = Instant::now().checked_add(opts.connect_timeout);
+    let mut starting = Vec::with_capacity(n);
+    let mut refused = None;
+    for _ in 0..n {
+        match start(opts) {
+            Ok(s) => starting.push(s),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let mut results: Vec<Result<Connected, Error>> = starting
+        .into_iter()
+        .map(|s| s.connect(deadline, opts, registry))
+        .collect();
+    if let Some(e) = refused {
+        results.resize_with(n, || Err(e.clone()));
+    }
+    results
+}
+
+/// Starts one worker; [`Starting::connect`] waits for it.
+fn start(opts: &StartOptions) -> Result<Starting, Error> {
     let (server, server_name) = IpcOneShotServer::<Hello>::new().map_err(|e| Error::Spawn {
-        reason: format!("could not open the channel for a new worker: {e}"),
+        reason: format!("could not open a channel for a new worker: {e}"),
     })?;
-    let mut cmd = Command::new(program);
+    let mut cmd = Command::new(&opts.program);
     cmd.env(SERVER_ENV, &server_name)
         .env(PARENT_ENV, std::process::id().to_string())
-        .stdin(Stdio::null());
-    // No `pre_exec` hook here: it would make std fork the whole parent
-    // instead of using posix_spawn, several times slower for a large
-    // parent. The worker sets its own parent-death signal (see `worker`).
+        .stdin(Stdio::null())
+        // Its own process group: a kill reaches whatever its tasks start.
+        .process_group(0);
+    if let Some(limit) = opts.memory_limit {
+        cmd.env(MEMORY_LIMIT_ENV, limit.to_string());
+    }
+    // No `pre_exec` hook: it would make std fork the whole parent instead
+    // of using posix_spawn, several times slower for a large parent.
     let child = cmd.spawn().map_err(|e| Error::Spawn {
-        reason: format!(
-            "could not run the worker program {}: {e}; check that it exists and is executable \
-             (Builder::worker_program)",
-            program.display()
-        ),
+        reason: match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => format!(
+                "could not run the worker program {}: {e}; check that it exists and is \
+                 executable (Builder::worker_program)",
+                opts.program.display()
+            ),
+            _ => format!(
+                "the system refused to start the worker program {}: {e}",
+                opts.program.display()
+            ),
+        },
     })?;
     let (tx, accepted) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("twinpool-accept".into())
         .spawn(move || {
-            let _ = tx.send(
-                server
-                    .accept()
-                    .map(|(_, hello)| hello)
-                    .map_err(|e| e.to_string()),
-            );
-        })
-        .map_err(|e| Error::Spawn {
-            reason: format!("could not start a thread to accept a worker: {e}"),
-        })?;
-    Ok(Starting {
+            // ipc-channel asserts on some system calls (out of file
+            // descriptors): a panic is an error like any other.
+            let result = std::panic::catch_unwind(move || server.accept())
+                .map_err(|p| {
+                    let why = crate::error::panic_message(&*p);
+                    crate::error::drop_panic_payload(p);
+                    why
+                })
+                .and_then(|r| r.map(|(_, hello)| hello).map_err(|e| e.to_string()));
+            let _ = tx.send(result);
+        });
+    let mut starting = Starting {
         child,
         server_name,
         accepted,
-        program: program.clone(),
-    })
+        accept_thread: None,
+    };
+    match spawned {
+        Ok(thread) => {
+            starting.accept_thread = Some(thread);
+            Ok(starting)
+        }
+        Err(e) => {
+            starting.stop();
+            Err(Error::Spawn {
+                reason: format!("could not start a thread to accept a worker: {e}"),
+            })
+        }
+    }
 }
 
 impl Starting {
-    /// Waits until the worker connects, exits, or `timeout` passes, then
+    /// Waits until the worker connects, exits, or `deadline` passes, then
     /// checks its handshake against `registry`.
-    pub(crate) fn connect(
+    fn connect(
         mut self,
-        timeout: Duration,
+        deadline: Option<Instant>,
+        opts: &StartOptions,
         registry: &Registry,
-    ) -> Result<Spawned, Error> {
-        let deadline = Instant::now() + timeout;
+    ) -> Result<Connected, Error> {
+        let program = opts.program.display();
         let failed = |reason: String| Error::Spawn { reason };
         let hello = loop {
-            match self.accepted.recv_timeout(Duration::from_millis(20)) {
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(POLL),
+                None => POLL,
+            };
+            match self.accepted.recv_timeout(wait) {
                 Ok(Ok(hello)) => break hello,
                 Ok(Err(e)) => {
                     let status = self.stop();
                     return Err(failed(format!(
-                        "worker program {} broke its connection to the pool ({e}); it {}",
-                        self.program.display(),
+                        "could not accept the connection of worker program {program}: {e}; it {}",
                         describe_status(status)
                     )));
                 }
-                Err(_) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.stop();
+                    return Err(failed(format!(
+                        "lost the connection of worker program {program}; it {}",
+                        describe_status(status)
+                    )));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.unblock_accept();
-                return Err(failed(format!(
-                    "worker program {} {} before connecting to the pool; \
-                     does its main call twinpool::serve_if_worker first?",
-                    self.program.display(),
-                    describe_status(Some(status))
-                )));
+            if exited(&self.child) {
+                // It may have connected just before it exited, or the
+                // accept may have failed in this process: that says more.
+                let accepted = self.accepted.recv_timeout(Duration::from_millis(50));
+                let status = self.stop();
+                return Err(failed(match accepted {
+                    Ok(Err(e)) => format!(
+                        "could not accept the connection of worker program {program}: {e}; it {}",
+                        describe_status(status)
+                    ),
+                    _ => format!(
+                        "worker program {program} {} before connecting to the pool; does its \
+                         main call twinpool::serve_if_worker first (and does a wrapper script \
+                         exec it)?",
+                        describe_status(status)
+                    ),
+                }));
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.stop();
                 return Err(failed(format!(
-                    "worker program {} did not connect within {:?}; does its main call \
+                    "worker program {program} did not connect within {:?}; does its main call \
                      twinpool::serve_if_worker first? (Builder::connect_timeout sets the limit)",
-                    self.program.display(),
-                    timeout
+                    opts.connect_timeout
                 )));
             }
         };
-        let spawned = Spawned {
-            child: self.child,
-            hello,
-        };
-        if let Err(reason) = check_hello(&spawned.hello, registry) {
-            let mut child = spawned.child;
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+        if let Err(reason) = check_hello(&hello, registry) {
+            self.stop();
             return Err(failed(format!(
-                "worker program {} does not match this pool: {reason}",
-                self.program.display()
+                "worker program {program} does not match this pool: {reason}"
             )));
         }
-        Ok(spawned)
+        Ok(Connected {
+            child: self.child,
+            hello,
+        })
     }
 
-    /// Kills and reaps the child, and frees the accept thread.
+    /// Kills and reaps the child, and frees and joins the accept thread.
     fn stop(&mut self) -> Option<ExitStatus> {
-        let _ = self.child.kill();
-        let status = self.child.wait().ok();
-        self.unblock_accept();
-        status
-    }
-
-    /// `accept` blocks until something connects: connect and hang up, so its
-    /// thread ends.
-    fn unblock_accept(&self) {
-        if let Ok(tx) = IpcSender::<Hello>::connect(self.server_name.clone()) {
-            drop(tx);
+        let status = reap(&mut self.child, Duration::ZERO);
+        if let Some(t) = self.accept_thread.take() {
+            // `accept` blocks until something connects: connect and hang
+            // up, so that its thread ends.
+            if !t.is_finished() {
+                if let Ok(tx) = IpcSender::<Hello>::connect(self.server_name.clone()) {
+                    drop(tx);
+                }
+            }
+            let _ = t.join();
         }
+        status
     }
 }
 
+/// How often a start looks at its child while it waits for the connection.
+const POLL: Duration = Duration::from_millis(20);
+
 /// Checks that the worker speaks our protocol and holds every task of
-/// `registry` with the same types.
+/// `registry` with the same types, down to their structure.
 fn check_hello(hello: &Hello, registry: &Registry) -> Result<(), String> {
     if hello.version != PROTOCOL_VERSION {
         return Err(format!(
@@ -173,38 +266,117 @@ fn check_hello(hello: &Hello, registry: &Registry) -> Result<(), String> {
         ));
     }
     for entry in registry.entries() {
-        let theirs = hello.tasks.iter().find(|(n, _, _)| **n == *entry.name);
-        match theirs {
-            None => {
+        let Some(theirs) = hello.tasks.iter().find(|t| *t.name == *entry.name) else {
+            return Err(format!(
+                "it has no task named {:?}; register it in the worker's registry too",
+                entry.name
+            ));
+        };
+        let ours = task_info(entry);
+        if theirs.arg_type != ours.arg_type || theirs.ret_type != ours.ret_type {
+            return Err(format!(
+                "its task {:?} is fn({}) -> {} but this pool's is fn({}) -> {}",
+                entry.name, theirs.arg_type, theirs.ret_type, ours.arg_type, ours.ret_type
+            ));
+        }
+        for (what, a, b) in [
+            ("argument", &theirs.arg_shape, &ours.arg_shape),
+            ("result", &theirs.ret_shape, &ours.ret_shape),
+        ] {
+            if a.0 != b.0 {
                 return Err(format!(
-                    "it has no task named {:?}; register it in the worker's registry too",
-                    entry.name
-                ))
+                    "the {what} type of its task {:?} has another layout: the worker's is {} \
+                     but this pool's is {}; build the pool and the worker from the same source",
+                    entry.name, a.1, b.1
+                ));
             }
-            Some((_, a, r)) if a != entry.arg_type || r != entry.ret_type => {
-                return Err(format!(
-                    "its task {:?} is fn({a}) -> {r} but this pool's is fn({}) -> {}",
-                    entry.name, entry.arg_type, entry.ret_type
-                ))
-            }
-            Some(_) => {}
         }
     }
     Ok(())
 }
 
-/// "exited with code 3", "was killed by signal 9 (SIGKILL)", ...
-pub(crate) fn describe_status(status: Option<ExitStatus>) -> String {
+/// How a registered task is described in a handshake.
+pub(crate) fn task_info(entry: &crate::registry::Entry) -> TaskInfo {
+    let (arg, ret) = (entry.arg_shape.get(), entry.ret_shape.get());
+    TaskInfo {
+        name: entry.name.to_string(),
+        arg_type: entry.arg_type.to_string(),
+        ret_type: entry.ret_type.to_string(),
+        arg_shape: (arg.fingerprint(), arg.canonical().to_string()),
+        ret_shape: (ret.fingerprint(), ret.canonical().to_string()),
+    }
+}
+
+/// True once `child` has exited; it is left unreaped (a zombie), so its
+/// process id, and the id of its process group, cannot be reused yet.
+pub(crate) fn exited(child: &Child) -> bool {
+    let pid: libc::id_t = child.id();
+    // SAFETY: a zeroed siginfo_t is a valid value, and waitid writes only
+    // into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child's pid; WNOWAIT leaves it unreaped.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (or left it zeroed).
+    r != 0 || unsafe { info.si_pid() } != 0
+}
+
+/// Sends `signal` to `child` and every process of its group. The child
+/// must not have been reaped (see [`exited`]): its id then still names its
+/// group and nothing else.
+pub(crate) fn signal_group(child: &Child, signal: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) touches no memory. The child is unreaped, so its
+        // group id is still its own (rule kept by every caller: only
+        // `reap` reaps, and it signals first).
+        unsafe { libc::kill(-pid, signal) };
+    }
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it; kills what is
+/// left of its process group (processes its tasks started); reaps it.
+pub(crate) fn reap(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now().checked_add(grace);
+    // A worker is usually gone within microseconds: look often at first,
+    // then back off.
+    let mut pause = Duration::from_micros(20);
+    while !exited(child) && deadline.is_some_and(|d| Instant::now() < d) {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+    signal_group(child, libc::SIGKILL);
+    child.wait().ok()
+}
+
+/// How a worker ended, in words and to match on: "exited with code 3",
+/// "was killed by signal 9 (SIGKILL)".
+pub(crate) fn describe_exit(status: Option<ExitStatus>) -> (String, WorkerExit) {
     let Some(status) = status else {
-        return "ended in a way that could not be read".into();
+        return (
+            "ended in a way that could not be read".into(),
+            WorkerExit::Unknown,
+        );
     };
     if let Some(code) = status.code() {
-        return format!("exited with code {code}");
+        return (format!("exited with code {code}"), WorkerExit::Code(code));
     }
     match status.signal() {
-        Some(sig) => format!("was killed by signal {sig} ({})", signal_name(sig)),
-        None => format!("ended with status {status}"),
+        Some(sig) => (
+            format!("was killed by signal {sig} ({})", signal_name(sig)),
+            WorkerExit::Signal(sig),
+        ),
+        None => (format!("ended with status {status}"), WorkerExit::Unknown),
     }
+}
+
+fn describe_status(status: Option<ExitStatus>) -> String {
+    describe_exit(status).0
 }
 
 fn signal_name(sig: i32) -> &'static str {

@@ -1,33 +1,44 @@
-//! The worker side: connect to the pool, then run request frames until told
-//! to exit or until the pool goes away.
+//! The worker's side: connect to the pool, then run the tasks of each frame
+//! in order until told to exit or until the pool goes away.
+//!
+//! Three rules make the pool's accounting exact (see `scheduler.rs`):
+//!
+//! 1. A task runs only if the worker wins its claim (`claims.rs`); a task the
+//!    pool took back is skipped.
+//! 2. Its reply is sent before the next task starts, so when the worker
+//!    dies, every task it finished has been answered, and at most one it
+//!    started has not.
+//! 3. A reply leaves as soon as its task ends, whatever runs next.
+//!
+//! A second thread waits on the *lifeline*, a channel the pool never writes
+//! to: it ends when the pool's process is gone, and the worker then kills
+//! its whole process group (itself and whatever its tasks started).
 
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::time::Instant;
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
 
-use super::wire::{
-    Big, Body, Held, Hello, Note, Outcome, Reader, Received, Reply, Request, Sent, Writer, BIG,
-    PROTOCOL_VERSION,
+use super::claims::{ClaimTable, OUT_OF_MEMORY};
+use super::frames::{
+    Body, Hello, Outcome, Reader, Reply, Request, Writer, MEMORY_LIMIT_ENV, PARENT_ENV,
+    PROTOCOL_VERSION, SERVER_ENV,
 };
+use super::payload::{Big, Held, Note, Received, Sent, BIG};
+use super::spawn::task_info;
 use crate::{Error, Registry};
-
-/// The environment variable that tells a process it is a pool's worker: the
-/// name of the pool's one-shot server to connect to.
-pub(crate) const SERVER_ENV: &str = "TWINPOOL_WORKER_SERVER";
-
-/// The environment variable holding the pool's process id.
-pub(crate) const PARENT_ENV: &str = "TWINPOOL_WORKER_PARENT";
-
-/// Replies wait at most this long to be batched with later ones.
-const FLUSH_AFTER: Duration = Duration::from_micros(200);
 
 /// Serves tasks if this process was started as a pool's worker, then ends
 /// the process; in any other process, returns at once.
 ///
 /// Call it first thing in `main`, with a registry holding the same names
 /// (and types) as the pool's: code before it runs in every worker too.
+///
+/// A process that a worker's task starts inherits the worker's
+/// environment; in it, `serve_if_worker` sees that its parent is not the
+/// pool and returns, so the same program can be run from a task. A
+/// wrapper script around a worker program should `exec` it.
 ///
 /// ```no_run
 /// fn square(x: u64) -> u64 { x * x }
@@ -47,70 +58,103 @@ pub fn serve_if_worker(registry: &Registry) {
     let Some(server) = std::env::var_os(SERVER_ENV) else {
         return;
     };
-    // Processes this worker's tasks start are not workers.
-    std::env::remove_var(SERVER_ENV);
     let parent = std::env::var(PARENT_ENV)
         .ok()
-        .and_then(|p| p.parse::<i32>().ok());
-    std::env::remove_var(PARENT_ENV);
-    die_with_parent(parent);
-    let code = match server.into_string() {
-        Ok(server) => match serve(registry, server) {
-            Ok(()) => 0,
+        .and_then(|p| p.parse::<libc::pid_t>().ok());
+    // SAFETY: getppid touches no memory.
+    let ppid = unsafe { libc::getppid() };
+    let Ok(server) = server.into_string() else {
+        std::process::exit(1);
+    };
+    let connect = match parent {
+        Some(p) if p != ppid => {
+            if !process_exists(p) {
+                // The pool is gone already.
+                std::process::exit(1);
+            }
+            // Either a process that a worker's task started (it inherited
+            // the variables) or a worker behind a wrapper that forked: only
+            // a worker can connect, since the pool accepts one connection.
+            match IpcSender::<Hello>::connect(server) {
+                Ok(connect) => connect,
+                Err(_) => return,
+            }
+        }
+        _ => match IpcSender::<Hello>::connect(server) {
+            Ok(connect) => connect,
             Err(e) => {
-                eprintln!("twinpool worker {}: {e}", std::process::id());
-                1
+                eprintln!(
+                    "twinpool worker {}: could not connect to the pool: {e}",
+                    std::process::id()
+                );
+                std::process::exit(1);
             }
         },
-        Err(_) => 1,
+    };
+    let limit = std::env::var(MEMORY_LIMIT_ENV)
+        .ok()
+        .and_then(|l| l.parse::<u64>().ok());
+    let code = match serve(registry, connect, limit) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("twinpool worker {}: {e}", std::process::id());
+            1
+        }
     };
     std::process::exit(code);
 }
 
-/// Asks the kernel to kill this worker when the pool's thread that started
-/// it ends, so a killed pool leaves no worker behind; exits at once if the
-/// pool is already gone.
-/// (Elsewhere than Linux there is no parent-death signal; the worker still
-/// exits when the pool's channel closes.)
-fn die_with_parent(parent: Option<i32>) {
-    // SAFETY: prctl and getppid touch no memory of ours.
-    unsafe {
-        #[cfg(target_os = "linux")]
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if parent.is_some_and(|p| libc::getppid() != p) {
-            std::process::exit(1);
-        }
-    }
+/// True in a process the pool started as its worker (even one whose `main`
+/// forgot to call [`serve_if_worker`] first).
+pub(crate) fn started_as_worker() -> bool {
+    let parent = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<libc::pid_t>().ok());
+    // SAFETY: getppid touches no memory.
+    std::env::var_os(SERVER_ENV).is_some() && parent == Some(unsafe { libc::getppid() })
 }
 
-fn serve(registry: &Registry, server: String) -> Result<(), String> {
-    let connect = IpcSender::<Hello>::connect(server)
-        .map_err(|e| format!("could not connect to the pool: {e}"))?;
+fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+fn serve(registry: &Registry, connect: IpcSender<Hello>, limit: Option<u64>) -> Result<(), String> {
+    if let Some(limit) = limit {
+        limit_memory(limit)?;
+    }
     let (requests, request_rx) = ipc::bytes_channel().map_err(|e| e.to_string())?;
     let (reply_tx, replies) = ipc::bytes_channel().map_err(|e| e.to_string())?;
     let (big_requests, big_rx) = ipc::channel().map_err(|e| e.to_string())?;
     let (big_tx, big_replies) = ipc::channel().map_err(|e| e.to_string())?;
     let (releases, released) = ipc::channel().map_err(|e| e.to_string())?;
-    let tasks = registry
-        .entries()
-        .map(|e| {
-            (
-                e.name.to_string(),
-                e.arg_type.to_string(),
-                e.ret_type.to_string(),
-            )
+    let (lifeline, lifeline_rx) = ipc::channel::<()>().map_err(|e| e.to_string())?;
+    let (claims, claims_for_pool) = ClaimTable::create()?;
+    if limit.is_some() {
+        watch_for_out_of_memory(&claims);
+    }
+    std::thread::Builder::new()
+        .name("twinpool-lifeline".into())
+        .spawn(move || {
+            // Nothing is ever sent: this returns when the pool's end closes.
+            let _ = lifeline_rx.recv();
+            // SAFETY: kill(2) touches no memory; 0 is this process's group,
+            // which the pool made for this worker alone.
+            unsafe { libc::kill(0, libc::SIGKILL) };
         })
-        .collect();
+        .map_err(|e| format!("could not start the lifeline thread: {e}"))?;
     connect
         .send(Hello {
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
-            tasks,
+            tasks: registry.entries().map(|e| task_info(e)).collect(),
             requests,
             replies,
             big_requests,
             big_replies,
             releases,
+            claims: claims_for_pool,
+            lifeline,
         })
         .map_err(|e| format!("could not send the handshake: {e}"))?;
     drop(connect);
@@ -124,11 +168,61 @@ fn serve(registry: &Registry, server: String) -> Result<(), String> {
         sent: Sent::default(),
         released,
         unread: Vec::new(),
-        queue: VecDeque::new(),
-        out: Writer::default(),
-        oldest: None,
+        claims,
     }
     .run()
+}
+
+/// Caps this process's address space at `limit` bytes.
+fn limit_memory(limit: u64) -> Result<(), String> {
+    let cap = libc::rlim_t::try_from(limit).unwrap_or(libc::RLIM_INFINITY);
+    let rl = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setrlimit reads only the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) } != 0 {
+        return Err(format!(
+            "could not limit the worker's memory to {limit} bytes: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// The flags word of the claim table, for the abort handler.
+static FLAGS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Marks the claim table when this worker aborts because an allocation
+/// failed (Rust aborts the process then), so the pool can tell the task
+/// "out of memory" rather than "killed by SIGABRT".
+fn watch_for_out_of_memory(claims: &ClaimTable) {
+    FLAGS.store(
+        std::ptr::from_ref(claims.flags()).cast_mut(),
+        Ordering::Release,
+    );
+    // SAFETY: a zeroed sigaction is valid; the handler only reads errno and
+    // does one atomic store, both async-signal-safe, into a table that
+    // lives until the process ends (`serve` never returns while it runs).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_abort as *const () as libc::sighandler_t;
+        // Once: abort() then ends the process with SIGABRT as usual.
+        sa.sa_flags = libc::SA_RESETHAND;
+        libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn on_abort(_: libc::c_int) {
+    // SAFETY: __errno_location gives this thread's errno; reading it is
+    // async-signal-safe.
+    let out_of_memory = unsafe { *libc::__errno_location() } == libc::ENOMEM;
+    let flags = FLAGS.load(Ordering::Acquire);
+    if out_of_memory && !flags.is_null() {
+        // SAFETY: set by `watch_for_out_of_memory` to a word of the claim
+        // table, which outlives every abort of this process.
+        unsafe { (*flags).fetch_or(OUT_OF_MEMORY, Ordering::Release) };
+    }
 }
 
 struct Worker<'a> {
@@ -147,85 +241,106 @@ struct Worker<'a> {
     /// Results in pooled segments the pool has not said it read, by task
     /// id: their segments go back to the pool only once it has.
     unread: Vec<(u64, Box<Big>)>,
-    /// Requests received and not yet run.
-    queue: VecDeque<Request>,
-    /// Replies not yet sent, and when the first of them was written.
-    out: Writer,
-    oldest: Option<Instant>,
+    claims: ClaimTable,
 }
 
 impl Worker<'_> {
     fn run(mut self) -> Result<(), String> {
         loop {
-            let Some(request) = self.queue.pop_front() else {
-                self.flush()?;
-                match self.rx.recv() {
-                    Ok(frame) => self.read(&frame)?,
-                    // The pool is gone: nothing left to serve.
-                    Err(_) => return Ok(()),
-                }
-                continue;
+            let frame = match self.rx.recv() {
+                Ok(frame) => frame,
+                // The pool is gone: nothing left to serve.
+                Err(_) => return Ok(()),
             };
-            match request {
-                Request::Exit => return self.flush(),
-                Request::Init { name, payload } => {
-                    let failed = match self.call(&name, &payload) {
-                        Ok(_) => None,
-                        Err(Outcome::Panicked(m)) => Some(format!("it panicked: {m}")),
-                        Err(Outcome::Failed { what, detail, .. }) => {
-                            Some(format!("{what}: {detail}"))
+            self.claims.frame_read();
+            for (request, payload) in self.read(&frame)? {
+                match request {
+                    Request::Exit => return Ok(()),
+                    Request::Init { name, payload } => {
+                        let failed = match self.call(&name, &payload) {
+                            Ok(_) | Err(Outcome::Ok(_)) => None,
+                            Err(Outcome::Panicked(m)) => Some(format!("it panicked: {m}")),
+                            Err(Outcome::Failed { what, detail, .. }) => {
+                                Some(format!("{what}: {detail}"))
+                            }
+                        };
+                        let stop = failed.is_some();
+                        self.reply(&Reply::Init(failed))?;
+                        if stop {
+                            return Ok(());
                         }
-                        Err(Outcome::Ok(_)) => None,
-                    };
-                    let stop = failed.is_some();
-                    self.reply(&Reply::Init(failed))?;
-                    if stop {
-                        return self.flush();
                     }
-                }
-                Request::Run { id, name, payload } => {
-                    let payload = self.take_body(payload)?;
-                    let start = Instant::now();
-                    let outcome = match self.call(&name, &payload) {
-                        Ok(bytes) => Outcome::Ok(self.put_body(id, bytes)?),
-                        Err(failed) => failed,
-                    };
-                    let micros = micros_since(start);
-                    self.reply(&Reply::Done {
-                        id,
-                        micros,
-                        outcome,
-                    })?;
-                }
-                Request::Chunk { id, name, payload } => {
-                    let payload = self.take_body(payload)?;
-                    let start = Instant::now();
-                    let (results, failure) = match self.registry.get(&name) {
-                        Ok(entry) => {
-                            let (results, failure) = (entry.call_chunk)(&payload);
-                            (results, failure.map(|e| outcome_of(&name, e)))
+                    Request::Run {
+                        id, claim, name, ..
+                    } => {
+                        if !self.claims.start(claim.slot, claim.send) {
+                            continue; // taken back by the pool
                         }
-                        Err(e) => (Vec::new(), Some(outcome_of(&name, e))),
-                    };
-                    let micros = micros_since(start);
-                    let results = self.put_body(id, results)?;
-                    self.reply(&Reply::Chunk {
-                        id,
-                        micros,
-                        results,
-                        failure,
-                    })?;
+                        let start = Instant::now();
+                        let outcome = match self.call(&name, &payload) {
+                            Ok(bytes) => match self.put_body(id, bytes)? {
+                                Ok(body) => Outcome::Ok(body),
+                                Err(failed) => failed,
+                            },
+                            Err(failed) => failed,
+                        };
+                        let micros = micros_since(start);
+                        self.reply(&Reply::Done {
+                            id,
+                            micros,
+                            outcome,
+                        })?;
+                    }
+                    Request::Chunk {
+                        id, claim, name, ..
+                    } => {
+                        if !self.claims.start(claim.slot, claim.send) {
+                            continue;
+                        }
+                        let start = Instant::now();
+                        let (results, mut failure) = match self.registry.get(&name) {
+                            Ok(entry) => {
+                                let (results, failure) = (entry.call_chunk)(&payload);
+                                (results, failure.map(|e| outcome_of(&name, e)))
+                            }
+                            Err(e) => (Vec::new(), Some(outcome_of(&name, e))),
+                        };
+                        let micros = micros_since(start);
+                        let results = match self.put_body(id, results)? {
+                            Ok(body) => body,
+                            Err(failed) => {
+                                failure = Some(failed);
+                                Body::Inline(Vec::new())
+                            }
+                        };
+                        self.reply(&Reply::Chunk {
+                            id,
+                            micros,
+                            results,
+                            failure,
+                        })?;
+                    }
                 }
             }
         }
     }
 
-    fn read(&mut self, frame: &[u8]) -> Result<(), String> {
+    /// The requests of a frame, each with its payload. Big payloads are
+    /// opened now, in frame order, also those of tasks that will turn out
+    /// to be taken back: the notes come in that order.
+    fn read(&mut self, frame: &[u8]) -> Result<Vec<(Request, Held)>, String> {
         let mut reader = Reader::new(frame);
-        while let Some(r) = reader.request().map_err(|e| e.to_string())? {
-            self.queue.push_back(r);
+        let mut out = Vec::new();
+        while let Some(mut r) = reader.request().map_err(|e| e.to_string())? {
+            let payload = match &mut r {
+                Request::Run { payload, .. } | Request::Chunk { payload, .. } => {
+                    self.take_body(std::mem::replace(payload, Body::Shared))?
+                }
+                _ => Held::Bytes(Vec::new()),
+            };
+            out.push((r, payload));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Calls task `name`, catching a panic: the encoded result, or how it
@@ -235,7 +350,11 @@ impl Worker<'_> {
         match catch_unwind(AssertUnwindSafe(|| (entry.call_bytes)(payload))) {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(e)) => Err(outcome_of(name, e)),
-            Err(p) => Err(Outcome::Panicked(crate::error::panic_message(&*p))),
+            Err(p) => {
+                let message = crate::error::panic_message(&*p);
+                crate::error::drop_panic_payload(p);
+                Err(Outcome::Panicked(message))
+            }
         }
     }
 
@@ -253,11 +372,12 @@ impl Worker<'_> {
     }
 
     /// The result of task `id` to reply with: a big one goes ahead in a
-    /// shared-memory segment, pooled if one is free. A pooled one is kept
-    /// until the pool says it has read it.
-    fn put_body(&mut self, id: u64, bytes: Vec<u8>) -> Result<Body, String> {
+    /// shared-memory segment, pooled if one is free (and kept until the
+    /// pool says it has read it). `Ok(Err(..))` if no segment could be
+    /// made; `Err` if the pool is gone.
+    fn put_body(&mut self, id: u64, bytes: Vec<u8>) -> Result<Result<Body, Outcome>, String> {
         if bytes.len() < BIG {
-            return Ok(Body::Inline(bytes));
+            return Ok(Ok(Body::Inline(bytes)));
         }
         // Only for big results: each look at the release channel is a
         // system call, too dear for every small reply.
@@ -265,8 +385,15 @@ impl Worker<'_> {
             self.unread.retain(|(task, _)| *task != done);
         }
         let big = match Held::new(bytes) {
-            Held::Bytes(b) => return Ok(Body::Inline(b)),
-            Held::Shared(big) => big,
+            Ok(Held::Bytes(b)) => return Ok(Ok(Body::Inline(b))),
+            Ok(Held::Shared(big)) => big,
+            Err(detail) => {
+                return Ok(Err(Outcome::Failed {
+                    decode: false,
+                    what: "a big result".into(),
+                    detail,
+                }))
+            }
         };
         self.big_tx.send(self.sent.note(&big)).map_err(|e| {
             format!("could not send a big result to the pool ({e}); the pool is gone")
@@ -274,37 +401,15 @@ impl Worker<'_> {
         if big.is_pooled() {
             self.unread.push((id, big));
         }
-        Ok(Body::Shared)
+        Ok(Ok(Body::Shared))
     }
 
-    /// Queues a reply; sends the batch when nothing else is waiting to run,
-    /// when the oldest reply has waited long enough, or when tasks are not
-    /// trivial (the next one may be long: its predecessor's reply goes now).
+    /// Sends a reply now: it leaves before the next task starts.
     fn reply(&mut self, r: &Reply) -> Result<(), String> {
-        let micros = match r {
-            Reply::Done { micros, .. } | Reply::Chunk { micros, .. } => *micros,
-            Reply::Init(_) => u32::MAX,
-        };
-        self.out.reply(r);
-        let oldest = *self.oldest.get_or_insert_with(Instant::now);
-        if self.queue.is_empty()
-            || u128::from(micros) >= FLUSH_AFTER.as_micros()
-            || oldest.elapsed() >= FLUSH_AFTER
-            || self.out.len() > 1 << 20
-        {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), String> {
-        self.oldest = None;
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let frame = self.out.take();
+        let mut w = Writer::default();
+        w.reply(r);
         self.tx
-            .send(&frame)
+            .send(&w.take())
             .map_err(|e| format!("could not send results to the pool: {e}"))
     }
 }

@@ -7,33 +7,57 @@
 //!
 //! A record is a tag byte and fields; integers are little-endian, byte
 //! strings are a `u32` length and the bytes. Payloads are the codec's bytes
-//! (see [`crate::codec`]) and are copied once, with no per-byte encoding.
+//! (see [`crate::codec`]) and are copied once, with no per-byte encoding; a
+//! big payload is only a mark here, its bytes lie in a shared-memory segment
+//! (see `payload.rs`).
+//!
+//! Each task record names its claim: the slot of the worker's claim table
+//! and the number of this send (see `claims.rs`). The worker runs a task
+//! only if it wins that claim.
 //!
 //! Decoding never panics and never allocates more than the frame holds: every
 //! length is checked against the bytes that remain.
-//!
-//! Payloads of [`BIG`] bytes or more do not go in the frame: they are copied
-//! into a shared-memory segment, mostly one reused from payload to payload
-//! (see [`Big`]), and a [`Note`] on a side channel says where they lie.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use ipc_channel::ipc::IpcSharedMemory;
 use serde::{Deserialize, Serialize};
 
+use super::payload::{Held, Note};
+
 /// Bumped whenever the frames or the handshake change.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
+
+/// The environment variable that tells a process it is a pool's worker: the
+/// name of the pool's one-shot server to connect to.
+pub(crate) const SERVER_ENV: &str = "TWINPOOL_WORKER_SERVER";
+
+/// The environment variable holding the pool's process id.
+pub(crate) const PARENT_ENV: &str = "TWINPOOL_WORKER_PARENT";
+
+/// The environment variable holding a worker's memory limit, in bytes.
+pub(crate) const MEMORY_LIMIT_ENV: &str = "TWINPOOL_WORKER_MEMORY_LIMIT";
+
+/// One task a worker holds, as its handshake describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TaskInfo {
+    pub(crate) name: String,
+    /// The Rust type names of the argument and the result.
+    pub(crate) arg_type: String,
+    pub(crate) ret_type: String,
+    /// The structural fingerprints of the argument and result types, and
+    /// their canonical forms for messages (see `schema.rs`).
+    pub(crate) arg_shape: (u64, String),
+    pub(crate) ret_shape: (u64, String),
+}
 
 /// The handshake a worker sends when it connects.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Hello {
     /// The worker's [`PROTOCOL_VERSION`].
     pub(crate) version: u32,
-    /// The worker's process id.
+    /// The worker's process id, as it sees it (for messages only: the pool
+    /// signals the process it started).
     pub(crate) pid: u32,
-    /// Every task the worker holds: name, argument type, result type.
-    pub(crate) tasks: Vec<(String, String, String)>,
+    /// Every task the worker holds.
+    pub(crate) tasks: Vec<TaskInfo>,
     /// Where the pool sends request frames.
     pub(crate) requests: ipc_channel::ipc::IpcBytesSender,
     /// Where the pool reads reply frames.
@@ -45,334 +69,19 @@ pub(crate) struct Hello {
     /// Where the pool says it is done with a big result in a pooled
     /// segment (by task id), so the worker may reuse the segment.
     pub(crate) releases: ipc_channel::ipc::IpcSender<u64>,
+    /// The worker's claim table (see `claims.rs`).
+    pub(crate) claims: ipc_channel::ipc::IpcSharedMemory,
+    /// Never written: the worker kills its process group when the pool's
+    /// end closes, that is when the pool's process is gone.
+    pub(crate) lifeline: ipc_channel::ipc::IpcSender<()>,
 }
 
-/// Payloads of this many bytes or more cross in a shared-memory segment
-/// instead of inside the frame: one copy in, one copy out, and no trip
-/// through the socket.
-pub(crate) const BIG: usize = 1 << 20;
-
-/// Segments a process keeps for reuse (see [`Big`]).
-const SLOTS: usize = 4;
-
-/// Segments larger than this are used once and unmapped, not kept.
-const MAX_KEPT: usize = 256 << 20;
-
-/// Where a big payload lies, sent on the side channel just before the frame
-/// that holds its [`Body::Shared`].
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Note {
-    /// The slot of the sender's segment pool the payload is in, or `None`
-    /// for a segment used once.
-    slot: Option<u32>,
-    /// The payload's length: it starts at the segment's first byte.
-    len: u64,
-    /// The segment, unless the receiver holds it already (in `slot`, from
-    /// an earlier note).
-    segment: Option<IpcSharedMemory>,
-}
-
-/// A payload held in memory: bytes, or a shared-memory segment.
-pub(crate) enum Held {
-    /// Small: the bytes, written inside the frame.
-    Bytes(Vec<u8>),
-    /// Big: in a shared-memory segment, named by a [`Note`].
-    Shared(Box<Big>),
-}
-
-impl Held {
-    /// `bytes`, copied into a shared-memory segment when it is big.
-    pub(crate) fn new(bytes: Vec<u8>) -> Held {
-        if bytes.len() >= BIG {
-            Held::Shared(Box::new(Big::copy_of(&bytes)))
-        } else {
-            Held::Bytes(bytes)
-        }
-    }
-
-    /// A copy of `bytes`, which are big, in a shared-memory segment.
-    pub(crate) fn big(bytes: &[u8]) -> Held {
-        Held::Shared(Box::new(Big::copy_of(bytes)))
-    }
-
-    /// How it is written in a frame.
-    pub(crate) fn body(&self) -> BodyRef<'_> {
-        match self {
-            Held::Bytes(b) => BodyRef::Inline(b),
-            Held::Shared(_) => BodyRef::Shared,
-        }
-    }
-
-    /// Its segment, if it has one.
-    pub(crate) fn segment(&self) -> Option<&Big> {
-        match self {
-            Held::Bytes(_) => None,
-            Held::Shared(big) => Some(big),
-        }
-    }
-}
-
-impl std::ops::Deref for Held {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Held::Bytes(b) => b,
-            Held::Shared(big) => big,
-        }
-    }
-}
-
-/// A big payload: the first `len` bytes of a shared-memory segment.
-///
-/// A sender copies each big payload into a segment of its process's pool of
-/// [`SLOTS`] segments, reused from payload to payload: after the first time,
-/// no segment is created, no page is faulted in, and the receiver, which
-/// keeps the segments it was sent mapped by slot, is sent only a [`Note`].
-/// A segment is lent to one payload at a time, for as long as the payload
-/// lives (until its task is answered, or its worker is dead), so it is
-/// never overwritten while a worker may still read it. When every slot is
-/// lent, or the payload is over [`MAX_KEPT`] bytes, the payload gets a
-/// segment of its own, used once.
-///
-/// The pool's arguments live in its queue until answered; a worker's
-/// results are dropped on its side as soon as they are sent, so the worker
-/// keeps a pooled result until the pool's [`Release`] says it was read.
-pub(crate) struct Big {
-    /// The segment (shared with the pool's slot only while not lent, or
-    /// with the receiver's [`Received`]).
-    shm: Arc<IpcSharedMemory>,
-    /// The payload's length; the segment may be longer.
-    len: usize,
-    /// The pool slot and segment id it was lent from: returned on drop.
-    lent: Option<(usize, u64)>,
-    /// On the receiving side of a pooled result: tells the worker, on
-    /// drop, that it may reuse the segment.
-    _release: Option<Release>,
-}
-
-/// Tells a worker, when dropped, that the pool is done with the result of
-/// task `id`, which lies in one of the worker's pooled segments.
-///
-/// It is sent when the payload is dropped, whenever that is, so the worker
-/// never overwrites a result the pool may still read. Sending never blocks
-/// for long: a worker has at most [`SLOTS`] pooled results unreleased, so at
-/// most that many releases wait in its channel.
-pub(crate) struct Release {
-    to: ipc_channel::ipc::IpcSender<u64>,
-    id: u64,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        // A worker that is gone needs no release.
-        let _ = self.to.send(self.id);
-    }
-}
-
-/// One slot of a process's segment pool.
-struct Slot {
-    /// The segment, while it is not lent.
-    segment: Option<Arc<IpcSharedMemory>>,
-    /// Its id, unique in this process: a receiver holding this id in this
-    /// slot holds this segment.
-    id: u64,
-    /// Whether a [`Big`] holds the segment now.
-    lent: bool,
-}
-
-/// This process's segment pool.
-static POOL: Mutex<[Slot; SLOTS]> = Mutex::new(
-    [const {
-        Slot {
-            segment: None,
-            id: 0,
-            lent: false,
-        }
-    }; SLOTS],
-);
-
-/// The next segment id (0 is "none").
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A slot of the pool marked lent (see [`Big::lend`]).
-struct Lent {
-    slot: usize,
-    /// Its segment, if it has one yet.
-    segment: Option<Arc<IpcSharedMemory>>,
-    /// That segment's id.
-    id: u64,
-}
-
-impl Big {
-    /// A copy of `bytes` in a pooled segment if one is free, else in a
-    /// segment of its own.
-    fn copy_of(bytes: &[u8]) -> Big {
-        let len = bytes.len();
-        let Some(mut lent) = Self::lend(len) else {
-            return Big {
-                shm: Self::fresh(bytes),
-                len,
-                lent: None,
-                _release: None,
-            };
-        };
-        // A segment too small is replaced by a new one; the old one is
-        // unmapped here, outside the pool's lock (a receiver keeps its own
-        // mapping until the slot's next note replaces it).
-        let mut reused = lent.segment.take().filter(|m| m.len() >= len);
-        let written = reused.as_mut().and_then(Arc::get_mut).map(|segment| {
-            // SAFETY: `get_mut` proves this is the process's only handle on
-            // the mapping, and no receiver reads the segment before a note
-            // sent after this names it.
-            let dst = unsafe { segment.deref_mut() };
-            dst[..len].copy_from_slice(bytes);
-        });
-        let shm = match (reused, written) {
-            (Some(shm), Some(())) => shm,
-            _ => {
-                lent.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-                Self::fresh(bytes)
-            }
-        };
-        Big {
-            shm,
-            len,
-            lent: Some((lent.slot, lent.id)),
-            _release: None,
-        }
-    }
-
-    /// Whether it lies in a segment of this process's pool, which is
-    /// reused once this is dropped.
-    pub(crate) fn is_pooled(&self) -> bool {
-        self.lent.is_some()
-    }
-
-    /// A new segment holding `bytes`.
-    fn fresh(bytes: &[u8]) -> Arc<IpcSharedMemory> {
-        Arc::new(IpcSharedMemory::from_bytes(bytes))
-    }
-
-    /// Marks a free slot lent, preferring one whose segment holds `len`
-    /// bytes; `None` if every slot is lent or `len` is over [`MAX_KEPT`].
-    fn lend(len: usize) -> Option<Lent> {
-        if len > MAX_KEPT {
-            return None;
-        }
-        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-        let fits = |s: &Slot| s.segment.as_ref().is_some_and(|m| m.len() >= len);
-        let i = (pool.iter())
-            .position(|s| !s.lent && fits(s))
-            .or_else(|| pool.iter().position(|s| !s.lent))?;
-        let slot = &mut pool[i];
-        slot.lent = true;
-        Some(Lent {
-            slot: i,
-            segment: slot.segment.take(),
-            id: slot.id,
-        })
-    }
-}
-
-impl Drop for Big {
-    fn drop(&mut self) {
-        if let Some((i, id)) = self.lent {
-            let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-            pool[i] = Slot {
-                segment: Some(self.shm.clone()),
-                id,
-                lent: false,
-            };
-        }
-    }
-}
-
-impl std::ops::Deref for Big {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.shm[..self.len]
-    }
-}
-
-/// The receiving side: which of the sender's segments the receiver holds.
-#[derive(Default)]
-pub(crate) struct Received {
-    slots: [Option<Arc<IpcSharedMemory>>; SLOTS],
-}
-
-impl Received {
-    /// The payload `note` points to; keeps the segment it carries, if any,
-    /// for later notes naming the same slot. With `release_to` (a worker's
-    /// release channel and the task's id), a payload in a pooled segment
-    /// sends its release when it is dropped.
-    pub(crate) fn open(
-        &mut self,
-        note: Note,
-        release_to: Option<(&ipc_channel::ipc::IpcSender<u64>, u64)>,
-    ) -> Result<Held, BadFrame> {
-        let release = release_to
-            .filter(|_| note.slot.is_some())
-            .map(|(to, id)| Release { to: to.clone(), id });
-        let shm = match (note.slot, note.segment) {
-            (None, Some(segment)) => Arc::new(segment),
-            (None, None) => return Err(BadFrame("a big payload came without its segment")),
-            (Some(slot), segment) => {
-                let Some(kept) = self.slots.get_mut(slot as usize) else {
-                    return Err(BadFrame("a big payload names an unknown segment slot"));
-                };
-                if let Some(segment) = segment {
-                    *kept = Some(Arc::new(segment));
-                }
-                match kept {
-                    Some(shm) => shm.clone(),
-                    None => return Err(BadFrame("a big payload names a segment never sent")),
-                }
-            }
-        };
-        match usize::try_from(note.len) {
-            Ok(len) if len <= shm.len() => Ok(Held::Shared(Box::new(Big {
-                shm,
-                len,
-                lent: None,
-                _release: release,
-            }))),
-            _ => Err(BadFrame("a big payload is longer than its segment")),
-        }
-    }
-}
-
-/// The sending side: which of this process's segments the receiver holds.
-#[derive(Default)]
-pub(crate) struct Sent {
-    ids: [u64; SLOTS],
-}
-
-impl Sent {
-    /// The note that tells the receiver where `big` lies, with the segment
-    /// itself when the receiver does not hold it yet.
-    pub(crate) fn note(&mut self, big: &Big) -> Note {
-        let len = big.len as u64;
-        match big.lent {
-            Some((slot, id)) if self.ids[slot] == id => Note {
-                slot: Some(slot as u32),
-                len,
-                segment: None,
-            },
-            Some((slot, id)) => {
-                self.ids[slot] = id;
-                Note {
-                    slot: Some(slot as u32),
-                    len,
-                    segment: Some((*big.shm).clone()),
-                }
-            }
-            None => Note {
-                slot: None,
-                len,
-                segment: Some((*big.shm).clone()),
-            },
-        }
-    }
+/// Where a task's claim lies: a slot of the worker's claim table, and the
+/// number of this send of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClaimRef {
+    pub(crate) slot: u32,
+    pub(crate) send: u64,
 }
 
 /// The length that marks a payload as "in a shared-memory segment".
@@ -404,21 +113,34 @@ impl Body {
     }
 }
 
+impl<'a> BodyRef<'a> {
+    /// How a held payload is written in a frame.
+    pub(crate) fn of(held: &'a Held) -> BodyRef<'a> {
+        match held {
+            Held::Bytes(b) => BodyRef::Inline(b),
+            Held::Shared(_) => BodyRef::Shared,
+        }
+    }
+}
+
 /// A request from the pool to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
     /// Run the initializer task `name` before anything else.
     Init { name: String, payload: Vec<u8> },
-    /// Run task `name` on one argument.
+    /// Run task `name` on one argument, if its claim is won.
     Run {
         id: u64,
+        claim: ClaimRef,
         name: String,
         payload: Body,
     },
-    /// Run task `name` on each argument in order, stopping at a failure.
-    /// The payload is the codec's encoding of the whole `Vec` of arguments.
+    /// Run task `name` on each argument in order, stopping at a failure,
+    /// if its claim is won. The payload is the codec's encoding of the whole
+    /// `Vec` of arguments.
     Chunk {
         id: u64,
+        claim: ClaimRef,
         name: String,
         payload: Body,
     },
@@ -529,25 +251,37 @@ impl Writer {
                 self.bytes(name.as_bytes());
                 self.bytes(payload);
             }
-            Request::Run { id, name, payload } => self.run(*id, name, payload.as_ref()),
-            Request::Chunk { id, name, payload } => self.chunk(*id, name, payload.as_ref()),
+            Request::Run {
+                id,
+                claim,
+                name,
+                payload,
+            } => self.run(*id, *claim, name, payload.as_ref()),
+            Request::Chunk {
+                id,
+                claim,
+                name,
+                payload,
+            } => self.chunk(*id, *claim, name, payload.as_ref()),
             Request::Exit => self.u8(EXIT),
         }
     }
 
     /// A `Run` record, without building a `Request`.
-    pub(crate) fn run(&mut self, id: u64, name: &str, payload: BodyRef<'_>) {
-        self.call(RUN, id, name, payload);
+    pub(crate) fn run(&mut self, id: u64, claim: ClaimRef, name: &str, payload: BodyRef<'_>) {
+        self.call(RUN, id, claim, name, payload);
     }
 
     /// A `Chunk` record, without building a `Request`.
-    pub(crate) fn chunk(&mut self, id: u64, name: &str, payload: BodyRef<'_>) {
-        self.call(CHUNK, id, name, payload);
+    pub(crate) fn chunk(&mut self, id: u64, claim: ClaimRef, name: &str, payload: BodyRef<'_>) {
+        self.call(CHUNK, id, claim, name, payload);
     }
 
-    fn call(&mut self, tag: u8, id: u64, name: &str, payload: BodyRef<'_>) {
+    fn call(&mut self, tag: u8, id: u64, claim: ClaimRef, name: &str, payload: BodyRef<'_>) {
         self.u8(tag);
         self.u64(id);
+        self.u32(claim.slot);
+        self.u64(claim.send);
         self.bytes(name.as_bytes());
         self.body(payload);
     }
@@ -669,6 +403,13 @@ impl<'a> Reader<'a> {
         Ok(Body::Inline(self.take(n as usize)?.to_vec()))
     }
 
+    fn claim(&mut self) -> Res<ClaimRef> {
+        Ok(ClaimRef {
+            slot: self.u32()?,
+            send: self.u64()?,
+        })
+    }
+
     fn bytes(&mut self) -> Res<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
@@ -688,11 +429,13 @@ impl<'a> Reader<'a> {
             },
             RUN => Request::Run {
                 id: self.u64()?,
+                claim: self.claim()?,
                 name: self.string()?,
                 payload: self.body()?,
             },
             CHUNK => Request::Chunk {
                 id: self.u64()?,
+                claim: self.claim()?,
                 name: self.string()?,
                 payload: self.body()?,
             },
@@ -770,16 +513,22 @@ mod tests {
             },
             Request::Run {
                 id: 7,
+                claim: ClaimRef { slot: 3, send: 9 },
                 name: "square".into(),
                 payload: Body::Inline(vec![9]),
             },
             Request::Run {
                 id: 11,
+                claim: ClaimRef {
+                    slot: u32::MAX,
+                    send: u64::MAX,
+                },
                 name: "len".into(),
                 payload: Body::Shared,
             },
             Request::Chunk {
                 id: 8,
+                claim: ClaimRef { slot: 0, send: 1 },
                 name: "add".into(),
                 payload: Body::Inline(vec![3, 1, 2, 3]),
             },
@@ -889,6 +638,8 @@ mod tests {
         let mut frame = vec![CHUNK];
         frame.extend_from_slice(&1u64.to_le_bytes());
         frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend_from_slice(&2u64.to_le_bytes());
+        frame.extend_from_slice(&0u32.to_le_bytes());
         frame.extend_from_slice(&(SHARED_MARK - 1).to_le_bytes());
         assert!(Reader::new(&frame).request().is_err());
         // The largest length is the shared-memory mark: no bytes follow.
@@ -901,58 +652,6 @@ mod tests {
                 ..
             }))
         ));
-    }
-
-    /// A receiver is sent a pooled segment once, then only notes naming it;
-    /// a segment is reused only once the payload in it is dropped.
-    #[test]
-    fn segments_are_sent_once_and_reused_after_drop() {
-        let (mut sent, mut received) = (Sent::default(), Received::default());
-        let a = Big::copy_of(&[1; BIG]);
-        let b = Big::copy_of(&[2; BIG]);
-        let (Some((slot_a, id_a)), Some((slot_b, _))) = (a.lent, b.lent) else {
-            panic!("the pool lent no segment");
-        };
-        assert_ne!(slot_a, slot_b, "one segment lent twice");
-        let note = sent.note(&a);
-        assert!(note.segment.is_some());
-        assert!(received.open(note, None).unwrap().iter().all(|&x| x == 1));
-        assert!(sent.note(&a).segment.is_none());
-        let note = sent.note(&b);
-        assert!(received.open(note, None).unwrap().iter().all(|&x| x == 2));
-        drop(a);
-        // Smaller than the segment: only its own bytes are the payload.
-        let c = Big::copy_of(&[3; BIG - 1]);
-        if c.lent == Some((slot_a, id_a)) {
-            let note = sent.note(&c);
-            assert!(note.segment.is_none(), "a segment sent twice");
-            let held = received.open(note, None).unwrap();
-            assert_eq!(held.len(), BIG - 1);
-            assert!(held.iter().all(|&x| x == 3));
-        }
-    }
-
-    /// Notes that name what the receiver does not hold are errors.
-    #[test]
-    fn bad_notes_are_errors() {
-        let mut received = Received::default();
-        let note = |slot, len, segment| Note { slot, len, segment };
-        assert!(received.open(note(None, 0, None), None).is_err());
-        assert!(received.open(note(Some(0), 0, None), None).is_err());
-        assert!(received
-            .open(note(Some(SLOTS as u32), 0, None), None)
-            .is_err());
-        let shm = || Some(IpcSharedMemory::from_bytes(&[5; 10]));
-        assert!(received.open(note(None, 11, shm()), None).is_err());
-        assert!(received.open(note(Some(1), 11, shm()), None).is_err());
-        assert_eq!(
-            &*received.open(note(Some(1), 4, None), None).unwrap(),
-            &[5; 4]
-        );
-        assert_eq!(
-            &*received.open(note(None, 10, shm()), None).unwrap(),
-            &[5; 10]
-        );
     }
 
     /// Pseudo-random bytes never panic the decoders.

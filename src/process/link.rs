@@ -1,0 +1,570 @@
+//! Local worker processes over ipc-channel: the first [`Transport`].
+//!
+//! Each worker has a [`LocalLink`] with two threads of its own:
+//!
+//! * its **writer** takes the tasks the scheduler queued for the worker and
+//!   writes them as frames (big payloads go ahead as notes on a side
+//!   channel). A write can block, when the worker is busy and its socket is
+//!   full; only this thread waits then. A small batch for a worker that has
+//!   read every earlier frame cannot block, so the submitting thread writes
+//!   it itself ([`Link::flush`]): a lone task reaches an idle worker without
+//!   a thread hop.
+//! * its **reader** reads reply frames and hands each reply to the driver,
+//!   then completes the task's future. When the channel ends (the worker
+//!   died or exited), it reaps the process, kills what is left of its
+//!   process group, and reports the death, with the tasks the worker had
+//!   started, from the claim table.
+//!
+//! A task is taken back ([`Link::revoke`]) with a compare-and-swap on its
+//! claim word (`claims.rs`): exact, immediate, and whatever the worker is
+//! doing. Kills go to the worker's whole process group, and only while the
+//! worker is unreaped, so the group id is still its own.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
+
+use super::claims::{ClaimTable, SLOTS};
+use super::frames::{Body, ClaimRef, Outcome, Reader, Reply, Request, Writer};
+use super::payload::{Held, Note, Received, Sent};
+use super::scheduler::{Death, Revoked, Stop, TaskId, WorkerId};
+use super::spawn::{self, Connected, StartOptions};
+use super::task::{Answer, RemoteTask};
+use super::transport::{Events, Link, Transport};
+use crate::{deadlock, Error, Registry};
+
+/// A frame is sent once it reaches this size, so one huge batch does not
+/// wait for the rest.
+const FRAME_BYTES: usize = 1 << 20;
+/// The most bytes the submitting thread writes itself: far below a
+/// socket's buffer, so that the write cannot block.
+const DIRECT_BYTES: usize = 64 << 10;
+/// How long a worker whose channel ended has to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// Starts local worker processes.
+pub(crate) struct LocalTransport {
+    pub(crate) pool: u64,
+    pub(crate) opts: StartOptions,
+    pub(crate) registry: Registry,
+    /// The initializer every worker runs first, with its encoded argument.
+    pub(crate) initializer: Option<(String, Vec<u8>)>,
+}
+
+impl Transport for LocalTransport {
+    fn start(
+        &self,
+        ids: &[WorkerId],
+        events: &Arc<dyn Events>,
+    ) -> Vec<Result<Arc<dyn Link>, Error>> {
+        let started = spawn::start_many(&self.opts, ids.len(), &self.registry);
+        (ids.iter().zip(started))
+            .map(|(&id, connected)| {
+                let link = LocalLink::start(self, id, connected?, Arc::downgrade(events))?;
+                Ok(link as Arc<dyn Link>)
+            })
+            .collect()
+    }
+}
+
+/// What waits to be written to a worker.
+enum Item {
+    Init { name: String, payload: Vec<u8> },
+    Task(Arc<RemoteTask>, ClaimRef),
+    Exit,
+}
+
+/// The queue of a worker's link, and the claims of its tasks.
+struct Outbox {
+    items: VecDeque<Item>,
+    /// The claim of each task sent and not answered or taken back.
+    claims: HashMap<TaskId, ClaimRef>,
+    free_slots: Vec<u32>,
+    next_send: u64,
+    /// Nothing more is written (the worker is killed, or gone).
+    closed: bool,
+}
+
+/// The channels a link writes to.
+struct Wire {
+    requests: IpcBytesSender,
+    big: IpcSender<Note>,
+    /// Which of this process's segments the worker holds.
+    sent: Sent,
+    /// A write failed: the worker is gone.
+    broken: bool,
+}
+
+/// The child process and whether it has been reaped.
+struct Process {
+    child: Child,
+    reaped: bool,
+}
+
+/// The pool's end of one local worker; see the module doc.
+pub(crate) struct LocalLink {
+    worker: WorkerId,
+    pid: u32,
+    claims: ClaimTable,
+    memory_limit: Option<u64>,
+    outbox: Mutex<Outbox>,
+    /// Wakes the writer.
+    wake: Condvar,
+    wire: Mutex<Wire>,
+    frames_sent: AtomicU64,
+    process: Mutex<Process>,
+    /// Held until the worker is reaped: its closing tells the worker the
+    /// pool is gone (see `worker.rs`).
+    lifeline: Mutex<Option<IpcSender<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the reader thread owns.
+struct ReaderSide {
+    replies: IpcBytesReceiver,
+    big_replies: IpcReceiver<Note>,
+    received: Received,
+    releases: IpcSender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No user code runs under these locks; a poisoned one still holds
+    // consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LocalLink {
+    fn start(
+        transport: &LocalTransport,
+        worker: WorkerId,
+        connected: Connected,
+        events: Weak<dyn Events>,
+    ) -> Result<Arc<LocalLink>, Error> {
+        let Connected { mut child, hello } = connected;
+        let pid = child.id();
+        let claims = match ClaimTable::open(hello.claims) {
+            Ok(c) => c,
+            Err(reason) => {
+                spawn::reap(&mut child, Duration::ZERO);
+                return Err(Error::Spawn {
+                    reason: format!("worker process {pid} does not match this pool: {reason}"),
+                });
+            }
+        };
+        let mut items = VecDeque::new();
+        if let Some((name, payload)) = &transport.initializer {
+            items.push_back(Item::Init {
+                name: name.clone(),
+                payload: payload.clone(),
+            });
+        }
+        let link = Arc::new(LocalLink {
+            worker,
+            pid,
+            claims,
+            memory_limit: transport.opts.memory_limit,
+            outbox: Mutex::new(Outbox {
+                items,
+                claims: HashMap::new(),
+                free_slots: (0..SLOTS).rev().collect(),
+                next_send: 1,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            wire: Mutex::new(Wire {
+                requests: hello.requests,
+                big: hello.big_requests,
+                sent: Sent::default(),
+                broken: false,
+            }),
+            frames_sent: AtomicU64::new(0),
+            process: Mutex::new(Process {
+                child,
+                reaped: false,
+            }),
+            lifeline: Mutex::new(Some(hello.lifeline)),
+            threads: Mutex::new(Vec::new()),
+        });
+        let reader = ReaderSide {
+            replies: hello.replies,
+            big_replies: hello.big_replies,
+            received: Received::default(),
+            releases: hello.releases,
+        };
+        let pool = transport.pool;
+        let (l, name) = (link.clone(), format!("twinpool-{pool}-reader-{pid}"));
+        let read = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                deadlock::enter_worker(pool, name);
+                l.read(reader, &events);
+            });
+        let (l, name) = (link.clone(), format!("twinpool-{pool}-writer-{pid}"));
+        let write = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || l.write());
+        let spawned = match (read, write) {
+            (Ok(r), Ok(w)) => Ok(vec![r, w]),
+            (r, w) => Err((r.ok().into_iter().chain(w.ok())).collect::<Vec<_>>()),
+        };
+        match spawned {
+            Ok(threads) => {
+                *lock(&link.threads) = threads;
+                link.flush();
+                Ok(link)
+            }
+            Err(threads) => {
+                *lock(&link.threads) = threads;
+                link.abandon();
+                Err(Error::Spawn {
+                    reason: "could not start the threads that talk to a new worker".into(),
+                })
+            }
+        }
+    }
+
+    // ----- the writer -----
+
+    /// The writer thread: writes what is queued until the link closes.
+    fn write(&self) {
+        loop {
+            {
+                let mut ob = lock(&self.outbox);
+                while ob.items.is_empty() && !ob.closed {
+                    ob = self.wake.wait(ob).unwrap_or_else(PoisonError::into_inner);
+                }
+                if ob.closed {
+                    return;
+                }
+            }
+            let mut wire = lock(&self.wire);
+            let items = std::mem::take(&mut lock(&self.outbox).items);
+            self.send(&mut wire, items);
+        }
+    }
+
+    /// Writes `items` as frames, each preceded by the notes of its big
+    /// payloads. The caller holds the wire, and took `items` from the
+    /// outbox while holding it, so frames leave in the order queued.
+    fn send(&self, wire: &mut Wire, items: VecDeque<Item>) {
+        if wire.broken {
+            return;
+        }
+        let mut w = Writer::default();
+        let mut notes = Vec::new();
+        for item in items {
+            match item {
+                Item::Init { name, payload } => w.request(&Request::Init { name, payload }),
+                Item::Exit => w.request(&Request::Exit),
+                Item::Task(task, claim) => {
+                    notes.extend(task.segment().map(|big| wire.sent.note(big)));
+                    task.write(&mut w, claim);
+                }
+            }
+            if w.len() >= FRAME_BYTES {
+                self.send_frame(wire, &mut notes, &mut w);
+            }
+        }
+        if !w.is_empty() {
+            self.send_frame(wire, &mut notes, &mut w);
+        }
+    }
+
+    fn send_frame(&self, wire: &mut Wire, notes: &mut Vec<Note>, w: &mut Writer) {
+        // Notes go first: the worker takes them in the order the frames
+        // name them. A failed write means the worker is gone; its reader
+        // reports that.
+        let frame = w.take();
+        let sent = catch_unwind(AssertUnwindSafe(|| {
+            notes.drain(..).all(|note| wire.big.send(note).is_ok())
+                && wire.requests.send(&frame).is_ok()
+        }));
+        match sent {
+            Ok(true) => {}
+            Ok(false) => wire.broken = true,
+            Err(p) => {
+                crate::error::drop_panic_payload(p);
+                wire.broken = true;
+            }
+        }
+        self.frames_sent.fetch_add(1, Ordering::Release);
+    }
+
+    // ----- the reader -----
+
+    /// The reader thread: reads replies until the channel ends, then reaps
+    /// the worker and reports its death.
+    fn read(&self, mut side: ReaderSide, events: &Weak<dyn Events>) {
+        let bad = loop {
+            // ipc-channel asserts on some system calls (out of file
+            // descriptors while a big frame arrives): a panic there ends
+            // the channel like any other failure.
+            let frame = match catch_unwind(AssertUnwindSafe(|| side.replies.recv())) {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(_)) => break None,
+                Err(p) => {
+                    let why = crate::error::panic_message(&*p);
+                    crate::error::drop_panic_payload(p);
+                    break Some(format!("channel that failed ({why})"));
+                }
+            };
+            if let Err(e) = self.read_frame(&frame, &mut side, events) {
+                break Some(e);
+            }
+        };
+        if bad.is_some() {
+            self.stop(Stop::Kill);
+        }
+        lock(&self.outbox).closed = true;
+        self.wake.notify_all();
+        let status = self.reap();
+        let (mut status, exit) = spawn::describe_exit(status);
+        if let Some(why) = bad {
+            status = format!("sent a {why} and was killed ({status})");
+        }
+        let started = self.started_unanswered();
+        let cause = match self.memory_limit {
+            Some(limit) if self.claims.out_of_memory() => Error::OutOfMemory { limit },
+            _ => Error::WorkerDied {
+                pid: self.pid,
+                status,
+                exit,
+                tries: 0,
+            },
+        };
+        if let Some(events) = events.upgrade() {
+            events.lost(self.worker, Death { cause, started });
+        }
+    }
+
+    fn read_frame(
+        &self,
+        frame: &[u8],
+        side: &mut ReaderSide,
+        events: &Weak<dyn Events>,
+    ) -> Result<(), String> {
+        let mut reader = Reader::new(frame);
+        while let Some(reply) = reader.reply().map_err(|e| e.to_string())? {
+            let (id, micros, answer) = match reply {
+                Reply::Init(error) => {
+                    if let Some(events) = events.upgrade() {
+                        events.init_done(self.worker, error);
+                    }
+                    continue;
+                }
+                Reply::Done {
+                    id,
+                    micros,
+                    outcome: Outcome::Ok(body),
+                } => (id, micros, Answer::One(Ok(side.held(body, id)?))),
+                Reply::Done {
+                    id,
+                    micros,
+                    outcome,
+                } => (id, micros, Answer::One(Err(outcome))),
+                Reply::Chunk {
+                    id,
+                    micros,
+                    results,
+                    failure,
+                } => {
+                    let results = side.held(results, id)?;
+                    (id, micros, Answer::Chunk { results, failure })
+                }
+            };
+            let task = events
+                .upgrade()
+                .and_then(|events| events.reply(self.worker, id, micros));
+            self.answered(id);
+            // The future completes outside every lock: its callbacks run
+            // here. No task: it ended otherwise (killed, timed out), and the
+            // answer is dropped.
+            if let Some(task) = task {
+                task.finish(answer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the worker to exit (killing it after a grace), kills what
+    /// is left of its process group, and reaps it.
+    fn reap(&self) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + EXIT_GRACE;
+        let mut pause = Duration::from_micros(20);
+        loop {
+            {
+                let p = lock(&self.process);
+                if spawn::exited(&p.child) || std::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        let mut p = lock(&self.process);
+        let status = spawn::reap(&mut p.child, Duration::ZERO);
+        p.reaped = true;
+        drop(p);
+        // The worker is gone: its lifeline has nothing left to guard.
+        lock(&self.lifeline).take();
+        status
+    }
+
+    /// The tasks the worker started and did not answer.
+    fn started_unanswered(&self) -> Vec<TaskId> {
+        let ob = lock(&self.outbox);
+        (ob.claims.iter())
+            .filter(|(_, c)| self.claims.started(c.slot, c.send))
+            .map(|(&t, _)| t)
+            .collect()
+    }
+
+    /// Signals the worker's process group, unless the worker was reaped.
+    fn signal(&self, signal: i32) {
+        let p = lock(&self.process);
+        if !p.reaped {
+            spawn::signal_group(&p.child, signal);
+        }
+    }
+}
+
+impl ReaderSide {
+    /// The payload of task `id`'s reply: inline, or where the next note
+    /// says (released to the worker when dropped).
+    fn held(&mut self, body: Body, id: u64) -> Result<Held, String> {
+        match body {
+            Body::Inline(bytes) => Ok(Held::Bytes(bytes)),
+            Body::Shared => {
+                let note = catch_unwind(AssertUnwindSafe(|| self.big_replies.recv()))
+                    .map_err(|p| {
+                        crate::error::drop_panic_payload(p);
+                        "broken channel for big results".to_string()
+                    })?
+                    .map_err(|e| format!("broken channel for big results ({e})"))?;
+                (self.received.open(note, Some((&self.releases, id)))).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl Link for LocalLink {
+    fn enqueue(&self, tasks: Vec<Arc<RemoteTask>>) {
+        let mut ob = lock(&self.outbox);
+        for task in tasks {
+            let Some(slot) = ob.free_slots.pop() else {
+                // The scheduler keeps far fewer tasks in flight than there
+                // are slots; a task that finds none is answered as if its
+                // worker had started it, and is stopped with the worker.
+                log::error!("twinpool: a worker's claim table is full");
+                continue;
+            };
+            let claim = ClaimRef {
+                slot,
+                send: ob.next_send,
+            };
+            ob.next_send += 1;
+            self.claims.arm(claim.slot, claim.send);
+            ob.claims.insert(task_id(&task), claim);
+            ob.items.push_back(Item::Task(task, claim));
+        }
+    }
+
+    fn flush(&self) {
+        let direct = self.frames_sent.load(Ordering::Acquire) == self.claims.frames_read();
+        if direct {
+            if let Ok(mut wire) = self.wire.try_lock() {
+                let items = {
+                    let mut ob = lock(&self.outbox);
+                    let small = ob.items.iter().try_fold(0usize, |n, item| match item {
+                        Item::Task(t, _) if t.segment().is_none() => Some(n + t.frame_bytes()),
+                        Item::Exit => Some(n + 1),
+                        _ => None,
+                    });
+                    match small {
+                        Some(n) if n <= DIRECT_BYTES && !ob.closed => {
+                            Some(std::mem::take(&mut ob.items))
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(items) = items {
+                    self.send(&mut wire, items);
+                    return;
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn revoke(&self, task: TaskId) -> Option<Revoked> {
+        let mut ob = lock(&self.outbox);
+        let Some(claim) = ob.claims.get(&task).copied() else {
+            return Some(Revoked::Started(None));
+        };
+        match self.claims.take_back(claim.slot, claim.send) {
+            Ok(()) => {
+                ob.claims.remove(&task);
+                ob.free_slots.push(claim.slot);
+                // Not written yet: it never will be.
+                ob.items
+                    .retain(|item| !matches!(item, Item::Task(t, _) if task_id(t) == task));
+                Some(Revoked::Taken)
+            }
+            Err(at) => Some(Revoked::Started(at)),
+        }
+    }
+
+    fn answered(&self, task: TaskId) {
+        let mut ob = lock(&self.outbox);
+        if let Some(claim) = ob.claims.remove(&task) {
+            self.claims.free(claim.slot);
+            ob.free_slots.push(claim.slot);
+        }
+    }
+
+    fn stop(&self, how: Stop) {
+        match how {
+            Stop::Exit => {
+                lock(&self.outbox).items.push_back(Item::Exit);
+                self.flush();
+            }
+            Stop::Kill => self.signal(libc::SIGKILL),
+            Stop::Signal(signal) => self.signal(signal),
+        }
+    }
+
+    fn check(&self) {
+        let p = lock(&self.process);
+        // Dead, but its channel has not ended: a process its tasks started
+        // holds it open. Killing the group ends it.
+        if !p.reaped && spawn::exited(&p.child) {
+            spawn::signal_group(&p.child, libc::SIGKILL);
+        }
+    }
+
+    fn abandon(&self) {
+        self.signal(libc::SIGKILL);
+        lock(&self.outbox).closed = true;
+        self.wake.notify_all();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+        // If its reader never ran, reap here.
+        let mut p = lock(&self.process);
+        if !p.reaped {
+            spawn::reap(&mut p.child, Duration::ZERO);
+            p.reaped = true;
+        }
+    }
+}
+
+fn task_id(task: &Arc<RemoteTask>) -> TaskId {
+    super::scheduler::Handle::id(task)
+}

@@ -1,0 +1,268 @@
+//! A task of a process pool as the pool holds it: its name, its encoded
+//! argument, and its future, whose result type is erased here so that the
+//! scheduler and the transport handle every task alike.
+//!
+//! A task is made on the submitting thread ([`RemoteTask::one`],
+//! [`RemoteTask::chunk`]), where its argument is encoded; it is shared
+//! (`Arc`) by the scheduler, which decides its fate, and by the link that
+//! writes it to a worker. It ends exactly once, by [`RemoteTask::finish`]
+//! with the worker's answer, by [`RemoteTask::fail`], or by its owner's
+//! cancel before it was sent.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::frames::{Body, BodyRef, ClaimRef, Outcome, Writer};
+use super::payload::{Big, Held, BIG};
+use super::scheduler::{Handle, TaskId};
+use crate::future::Shared;
+use crate::map::Chunk;
+use crate::recycle::Counted;
+use crate::registry::Entry;
+use crate::{codec, Error};
+
+/// What a task carries to its worker.
+pub(crate) enum Payload {
+    /// One argument.
+    One(Held),
+    /// A chunk of a map: the encoded `Vec` of its arguments.
+    Chunk(Held),
+}
+
+/// A worker's answer to one task or one chunk.
+pub(crate) enum Answer {
+    /// The encoded result, or how the task failed.
+    One(Result<Held, Outcome>),
+    /// The encoded results of the items that succeeded, then the failure.
+    Chunk {
+        results: Held,
+        failure: Option<Outcome>,
+    },
+}
+
+/// The future's side of a task, with its result type erased.
+trait Completion: Send + Sync {
+    fn claim(&self) -> bool;
+    fn cancel(&self) -> bool;
+    fn fail(&self, err: Error);
+    fn finish(&self, answer: Answer, name: &str);
+}
+
+/// A future's state and how an answer becomes its result.
+struct Typed<T> {
+    shared: Counted<Shared<T>>,
+    decode: fn(Answer, &str) -> Result<T, Error>,
+}
+
+impl<T: Send + 'static> Completion for Typed<T> {
+    fn claim(&self) -> bool {
+        self.shared.claim_remote()
+    }
+    fn cancel(&self) -> bool {
+        self.shared.cancel_with(Error::Cancelled)
+    }
+    fn fail(&self, err: Error) {
+        // A task never sent is still pending; one sent is running.
+        if !self.shared.cancel_with(err.clone()) {
+            self.shared.complete(Err(err));
+        }
+    }
+    fn finish(&self, answer: Answer, name: &str) {
+        // A result's `Deserialize` is user code: a panic in it fails this
+        // task alone, not the reader thread.
+        let result = match catch_unwind(AssertUnwindSafe(|| (self.decode)(answer, name))) {
+            Ok(result) => result,
+            Err(p) => {
+                let detail = format!(
+                    "its Deserialize panicked: {}",
+                    crate::error::panic_message(&*p)
+                );
+                crate::error::drop_panic_payload(p);
+                Err(Error::Decode {
+                    what: format!("the result of task {name:?}"),
+                    detail,
+                })
+            }
+        };
+        self.shared.complete(result);
+    }
+}
+
+/// A task of a process pool; see the module doc.
+pub(crate) struct RemoteTask {
+    id: TaskId,
+    name: Arc<str>,
+    payload: Payload,
+    job: Box<dyn Completion>,
+}
+
+impl RemoteTask {
+    /// A single task whose future is `shared`.
+    pub(crate) fn one<R: DeserializeOwned + Send + 'static>(
+        shared: Counted<Shared<R>>,
+        name: Arc<str>,
+        payload: Held,
+    ) -> Arc<RemoteTask> {
+        RemoteTask::new(shared, name, Payload::One(payload), one_result::<R>)
+    }
+
+    /// A chunk of a map whose future is `shared`.
+    pub(crate) fn chunk<R: DeserializeOwned + Send + 'static>(
+        shared: Counted<Shared<Chunk<R>>>,
+        name: Arc<str>,
+        items: Held,
+    ) -> Arc<RemoteTask> {
+        RemoteTask::new(shared, name, Payload::Chunk(items), chunk_result::<R>)
+    }
+
+    fn new<T: Send + 'static>(
+        shared: Counted<Shared<T>>,
+        name: Arc<str>,
+        payload: Payload,
+        decode: fn(Answer, &str) -> Result<T, Error>,
+    ) -> Arc<RemoteTask> {
+        Arc::new(RemoteTask {
+            id: shared.id(),
+            name,
+            payload,
+            job: Box::new(Typed { shared, decode }),
+        })
+    }
+
+    /// Ends the task with `err`, sent or not.
+    pub(crate) fn fail(&self, err: Error) {
+        self.job.fail(err);
+    }
+
+    /// Ends the task with the worker's answer.
+    pub(crate) fn finish(&self, answer: Answer) {
+        self.job.finish(answer, &self.name);
+    }
+
+    /// Appends its record, with its claim, to a frame.
+    pub(crate) fn write(&self, w: &mut Writer, claim: ClaimRef) {
+        match &self.payload {
+            Payload::One(p) => w.run(self.id, claim, &self.name, BodyRef::of(p)),
+            Payload::Chunk(p) => w.chunk(self.id, claim, &self.name, BodyRef::of(p)),
+        }
+    }
+
+    /// About how many bytes its record takes in a frame.
+    pub(crate) fn frame_bytes(&self) -> usize {
+        let (Payload::One(p) | Payload::Chunk(p)) = &self.payload;
+        let body = match p {
+            Held::Bytes(b) => b.len(),
+            Held::Shared(_) => 0,
+        };
+        32 + self.name.len() + body
+    }
+
+    /// Its payload's shared-memory segment, if it has one.
+    pub(crate) fn segment(&self) -> Option<&Big> {
+        let (Payload::One(p) | Payload::Chunk(p)) = &self.payload;
+        p.segment()
+    }
+}
+
+impl Handle for Arc<RemoteTask> {
+    fn id(&self) -> TaskId {
+        self.id
+    }
+    fn claim(&self) -> bool {
+        self.job.claim()
+    }
+    fn cancel(&self) -> bool {
+        self.job.cancel()
+    }
+}
+
+/// Encodes a task's argument, into a shared-memory segment when it is big
+/// (a big `Vec<u8>` or `String` is copied there directly).
+pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: &A) -> Result<Held, Error> {
+    let what = || format!("the argument of task {:?}", entry.name);
+    let held = match codec::raw_bytes(arg).filter(|b| b.len() >= BIG) {
+        Some(raw) => Held::big(raw),
+        None => Held::new(codec::encode(arg, what)?),
+    };
+    held.map_err(|detail| Error::Encode {
+        what: what(),
+        detail,
+    })
+}
+
+/// Encodes the arguments of a chunk as one sequence.
+pub(crate) fn encode_chunk<A: Serialize>(entry: &Entry, items: &[A]) -> Result<Held, Error> {
+    let what = || format!("the arguments of task {:?}", entry.name);
+    Held::new(codec::encode_seq(items, what)?).map_err(|detail| Error::Encode {
+        what: what(),
+        detail,
+    })
+}
+
+fn not_the_answer(name: &str) -> Error {
+    Error::Decode {
+        what: format!("the result of task {name:?}"),
+        detail: "the worker answered a single task with a chunk, or the reverse".into(),
+    }
+}
+
+/// The result an outcome stands for.
+fn decode_outcome<R: DeserializeOwned + 'static>(outcome: Outcome, name: &str) -> Result<R, Error> {
+    match outcome {
+        Outcome::Ok(Body::Inline(bytes)) => {
+            codec::decode(&bytes, || format!("the result of task {name:?}"))
+        }
+        Outcome::Ok(Body::Shared) => Err(not_the_answer(name)),
+        Outcome::Panicked(message) => Err(Error::Panicked { message }),
+        Outcome::Failed {
+            decode: true,
+            what,
+            detail,
+        } => Err(Error::Decode { what, detail }),
+        Outcome::Failed { what, detail, .. } => Err(Error::Encode { what, detail }),
+    }
+}
+
+/// The result of a single task.
+fn one_result<R: DeserializeOwned + 'static>(answer: Answer, name: &str) -> Result<R, Error> {
+    match answer {
+        Answer::One(Ok(bytes)) => codec::decode(&bytes, || format!("the result of task {name:?}")),
+        Answer::One(Err(o)) => decode_outcome(o, name),
+        Answer::Chunk { .. } => Err(not_the_answer(name)),
+    }
+}
+
+/// The results of a chunk: those of the items that succeeded, then the
+/// first failure.
+fn chunk_result<R: DeserializeOwned + 'static>(
+    answer: Answer,
+    name: &str,
+) -> Result<Chunk<R>, Error> {
+    let Answer::Chunk { results, failure } = answer else {
+        return Err(not_the_answer(name));
+    };
+    let what = || format!("the results of task {name:?}");
+    let values = catch_unwind(AssertUnwindSafe(|| codec::decode_seq::<R>(&results, what)));
+    let values = values.unwrap_or_else(|p| {
+        let detail = format!(
+            "its Deserialize panicked: {}",
+            crate::error::panic_message(&*p)
+        );
+        crate::error::drop_panic_payload(p);
+        Err(Error::Decode {
+            what: what(),
+            detail,
+        })
+    });
+    Ok(match values {
+        Ok(values) => {
+            let mut chunk: Chunk<R> = values.into_iter().map(Ok).collect();
+            chunk.extend(failure.map(|f| decode_outcome::<R>(f, name)));
+            chunk
+        }
+        Err(e) => vec![Err(e)],
+    })
+}
