@@ -35,6 +35,7 @@
 //! own pool that has not started runs it itself, and a wait that closes a
 //! cycle of tasks waiting on each other returns [`Error::Deadlock`].
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "process")]
 mod codec;

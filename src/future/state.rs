@@ -387,12 +387,6 @@ impl<T, W> Shared<T, W> {
 }
 
 impl<T, W: ?Sized> Shared<T, W> {
-    /// The task's name, for named tasks ("a closure" otherwise).
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn name(&self) -> Arc<str> {
-        self.tag.name.clone().unwrap_or_else(|| "a closure".into())
-    }
-
     /// The task's id, unique in this process.
     pub(crate) fn id(&self) -> u64 {
         self.tag.id

@@ -38,7 +38,6 @@ pub(crate) const SLOTS: u32 = 1024;
 const FREE: u64 = 0;
 const SENT: u64 = 1;
 const STARTED: u64 = 2;
-const STATE: u64 = 0b11;
 
 /// Word 0: frames the worker has read.
 const FRAMES_READ: usize = 0;

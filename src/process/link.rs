@@ -83,8 +83,10 @@ enum Item {
 /// The queue of a worker's link, and the claims of its tasks.
 struct Outbox {
     items: VecDeque<Item>,
-    /// The claim of each task sent and not answered or taken back.
-    claims: HashMap<TaskId, ClaimRef>,
+    /// The claim of each task sent and not answered or taken back, and the
+    /// task itself: its payload lives until the worker can no longer read
+    /// it (see `payload.rs`).
+    claims: HashMap<TaskId, (ClaimRef, Arc<RemoteTask>)>,
     free_slots: Vec<u32>,
     next_send: u64,
     /// Nothing more is written (the worker is killed, or gone).
@@ -329,6 +331,9 @@ impl LocalLink {
             status = format!("sent a {why} and was killed ({status})");
         }
         let started = self.started_unanswered();
+        // The worker is reaped: the payloads it was sent may go.
+        let held = std::mem::take(&mut lock(&self.outbox).claims);
+        drop(held);
         let cause = match self.memory_limit {
             Some(limit) if self.claims.out_of_memory() => Error::OutOfMemory { limit },
             _ => Error::WorkerDied {
@@ -420,7 +425,7 @@ impl LocalLink {
     fn started_unanswered(&self) -> Vec<TaskId> {
         let ob = lock(&self.outbox);
         (ob.claims.iter())
-            .filter(|(_, c)| self.claims.started(c.slot, c.send))
+            .filter(|(_, (c, _))| self.claims.started(c.slot, c.send))
             .map(|(&t, _)| t)
             .collect()
     }
@@ -470,7 +475,7 @@ impl Link for LocalLink {
             };
             ob.next_send += 1;
             self.claims.arm(claim.slot, claim.send);
-            ob.claims.insert(task_id(&task), claim);
+            ob.claims.insert(task_id(&task), (claim, task.clone()));
             ob.items.push_back(Item::Task(task, claim));
         }
     }
@@ -504,7 +509,7 @@ impl Link for LocalLink {
 
     fn revoke(&self, task: TaskId) -> Option<Revoked> {
         let mut ob = lock(&self.outbox);
-        let Some(claim) = ob.claims.get(&task).copied() else {
+        let Some(claim) = ob.claims.get(&task).map(|(c, _)| *c) else {
             return Some(Revoked::Started(None));
         };
         match self.claims.take_back(claim.slot, claim.send) {
@@ -522,7 +527,7 @@ impl Link for LocalLink {
 
     fn answered(&self, task: TaskId) {
         let mut ob = lock(&self.outbox);
-        if let Some(claim) = ob.claims.remove(&task) {
+        if let Some((claim, _)) = ob.claims.remove(&task) {
             self.claims.free(claim.slot);
             ob.free_slots.push(claim.slot);
         }

@@ -183,9 +183,20 @@ impl Big {
         // mapping until the spare's next note replaces it).
         let mut reused = lent.segment.take().filter(|m| m.len() >= len);
         let written = reused.as_mut().and_then(Arc::get_mut).map(|segment| {
-            // SAFETY: `get_mut` proves this is the process's only handle on
-            // the mapping, and no receiver reads the segment before a note
-            // sent after this names it.
+            // SAFETY: the rules this relies on, and where they are kept:
+            // 1. No other handle of this process maps the segment now:
+            //    `Arc::get_mut` just proved it.
+            // 2. No other process reads it now. A spare is lent to one
+            //    payload at a time (`lend` marks it under the pool's lock)
+            //    and comes back only when that payload is dropped
+            //    (`Drop for Big`). The pool drops a payload only once the
+            //    worker it was sent to can no longer read it: it answered
+            //    the task, or lost the task's claim (it then never decodes
+            //    it: `worker.rs`), or was reaped (`link.rs` keeps every
+            //    task it sent until one of those).
+            // 3. A receiver reads a spare only for the payload of a note
+            //    sent after this write: notes name spares by number, and
+            //    the next note for this one is sent once it is lent again.
             let dst = unsafe { segment.deref_mut() };
             dst[..len].copy_from_slice(bytes);
         });

@@ -461,11 +461,6 @@ impl<H: Handle> Scheduler<H> {
         self.workers.contains_key(&w)
     }
 
-    /// True once [`Action::Finished`] was queued.
-    pub(crate) fn is_finished(&self) -> bool {
-        self.finished
-    }
-
     // ----- events from the user's threads -----
 
     /// Queues a task with its time limit; refused once the pool is closed

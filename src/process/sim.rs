@@ -127,8 +127,6 @@ struct SimWorker {
     exiting: bool,
     /// Stopped by SIGSTOP: takes no frames.
     stopped: bool,
-    /// It dies right after it starts (a bad worker program).
-    doomed_at_start: bool,
     /// Told to stop (any way) by the scheduler: nothing may be sent after.
     stop_asked: bool,
     /// The scheduler's view: sent and not answered/taken back, in order.
@@ -755,13 +753,7 @@ impl World {
             let doomed = self.rng.chance(10);
             self.log
                 .push(format!("{id:?} started (dies at once: {doomed})"));
-            self.workers.insert(
-                id,
-                SimWorker {
-                    doomed_at_start: doomed,
-                    ..SimWorker::default()
-                },
-            );
+            self.workers.insert(id, SimWorker::default());
             self.sched.started(id, self.now);
             if doomed {
                 self.drain_actions();

@@ -87,12 +87,47 @@ pub(crate) fn start_many(
     }
     let mut results: Vec<Result<Connected, Error>> = starting
         .into_iter()
-        .map(|s| s.connect(deadline, opts, registry))
+        .map(|s| {
+            s.connect(deadline, opts, registry)
+                .map_err(name_fd_shortage)
+        })
         .collect();
     if let Some(e) = refused {
+        let e = name_fd_shortage(e);
         results.resize_with(n, || Err(e.clone()));
     }
     results
+}
+
+/// Adds to a start error that this process has (nearly) run out of file
+/// descriptors, when it has: that is then the cause, whatever failed
+/// first (a channel, an accept, a handshake whose descriptors could not be
+/// received, or the worker itself, which inherits the limit).
+fn name_fd_shortage(e: Error) -> Error {
+    let Error::Spawn { reason } = e else {
+        return e;
+    };
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    let limit = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } {
+        0 => usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    };
+    // Each worker takes about ten descriptors while it connects.
+    if open.saturating_add(12) < limit {
+        return Error::Spawn { reason };
+    }
+    Error::Spawn {
+        reason: format!(
+            "this process ran out of file descriptors while it started workers ({open} of its \
+             {limit} are open: Too many open files, os error 24); raise the limit (ulimit -n) \
+             or start fewer workers. What failed: {reason}"
+        ),
+    }
 }
 
 /// Starts one worker; [`Starting::connect`] waits for it.
@@ -108,6 +143,10 @@ fn start(opts: &StartOptions) -> Result<Starting, Error> {
         .process_group(0);
     if let Some(limit) = opts.memory_limit {
         cmd.env(MEMORY_LIMIT_ENV, limit.to_string());
+        // Printing a backtrace after a failed allocation would overwrite
+        // the error number that tells the worker's abort handler why it
+        // aborts (see `worker.rs`).
+        cmd.env_remove("RUST_BACKTRACE");
     }
     // No `pre_exec` hook: it would make std fork the whole parent instead
     // of using posix_spawn, several times slower for a large parent.

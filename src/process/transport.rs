@@ -70,6 +70,9 @@ pub(crate) trait Events: Send + Sync {
     fn init_done(&self, w: WorkerId, error: Option<String>);
 
     /// The answer to a revoke that `Link::revoke` did not answer at once.
+    /// (The local transport answers every revoke at once; a transport over
+    /// a network answers here.)
+    #[allow(dead_code)]
     fn revoked(&self, w: WorkerId, task: TaskId, answer: Revoked);
 
     /// Worker `w` is gone, and everything it sent has been read.

@@ -130,8 +130,8 @@ fn serve(registry: &Registry, connect: IpcSender<Hello>, limit: Option<u64>) -> 
     let (releases, released) = ipc::channel().map_err(|e| e.to_string())?;
     let (lifeline, lifeline_rx) = ipc::channel::<()>().map_err(|e| e.to_string())?;
     let (claims, claims_for_pool) = ClaimTable::create()?;
-    if limit.is_some() {
-        watch_for_out_of_memory(&claims);
+    if let Some(limit) = limit {
+        watch_for_out_of_memory(&claims, limit);
     }
     std::thread::Builder::new()
         .name("twinpool-lifeline".into())
@@ -192,18 +192,26 @@ fn limit_memory(limit: u64) -> Result<(), String> {
 
 /// The flags word of the claim table, for the abort handler.
 static FLAGS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The worker's memory limit, in pages, for the abort handler.
+static LIMIT_PAGES: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Marks the claim table when this worker aborts because an allocation
-/// failed (Rust aborts the process then), so the pool can tell the task
-/// "out of memory" rather than "killed by SIGABRT".
-fn watch_for_out_of_memory(claims: &ClaimTable) {
+/// Marks the claim table when this worker aborts for lack of memory (Rust
+/// aborts the process when an allocation fails), so the pool can tell the
+/// task "out of memory" rather than "killed by SIGABRT". The abort counts
+/// as out of memory when the failed call's error number is still `ENOMEM`
+/// (a big allocation beyond the limit), or when the address space is
+/// within a tenth of the limit (many small ones).
+fn watch_for_out_of_memory(claims: &ClaimTable, limit: u64) {
+    // SAFETY: sysconf touches no memory.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    LIMIT_PAGES.store(limit / page.max(1), Ordering::Release);
     FLAGS.store(
         std::ptr::from_ref(claims.flags()).cast_mut(),
         Ordering::Release,
     );
-    // SAFETY: a zeroed sigaction is valid; the handler only reads errno and
-    // does one atomic store, both async-signal-safe, into a table that
-    // lives until the process ends (`serve` never returns while it runs).
+    // SAFETY: a zeroed sigaction is valid; the handler is async-signal-safe
+    // (see `on_abort`) and uses a table that lives until the process ends
+    // (`serve` never returns while it runs).
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_abort as *const () as libc::sighandler_t;
@@ -213,16 +221,43 @@ fn watch_for_out_of_memory(claims: &ClaimTable) {
     }
 }
 
+/// The SIGABRT handler of a worker with a memory limit. It only reads
+/// errno, reads `/proc/self/statm` with open/read/close, and does atomic
+/// operations: all async-signal-safe.
 extern "C" fn on_abort(_: libc::c_int) {
-    // SAFETY: __errno_location gives this thread's errno; reading it is
-    // async-signal-safe.
-    let out_of_memory = unsafe { *libc::__errno_location() } == libc::ENOMEM;
+    // SAFETY: __errno_location gives this thread's errno.
+    let errno = unsafe { *libc::__errno_location() };
+    let near_limit = address_space_pages()
+        .is_some_and(|pages| pages >= LIMIT_PAGES.load(Ordering::Acquire) / 10 * 9);
     let flags = FLAGS.load(Ordering::Acquire);
-    if out_of_memory && !flags.is_null() {
+    if (errno == libc::ENOMEM || near_limit) && !flags.is_null() {
         // SAFETY: set by `watch_for_out_of_memory` to a word of the claim
         // table, which outlives every abort of this process.
         unsafe { (*flags).fetch_or(OUT_OF_MEMORY, Ordering::Release) };
     }
+}
+
+/// The size of this process's address space, in pages: the first field of
+/// `/proc/self/statm`, read without allocating.
+fn address_space_pages() -> Option<u64> {
+    let mut buf = [0u8; 64];
+    // SAFETY: open, read and close are async-signal-safe; read writes at
+    // most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let n = usize::try_from(n).ok()?;
+    let mut pages: u64 = 0;
+    for &b in buf.get(..n)?.iter().take_while(|b| b.is_ascii_digit()) {
+        pages = pages.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(pages)
 }
 
 struct Worker<'a> {
