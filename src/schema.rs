@@ -146,9 +146,14 @@ impl fmt::Display for Shape {
 /// that registering stays cheap and a registry used only by threads never
 /// traces.
 pub(crate) struct LazyShape {
+    id: std::any::TypeId,
     trace: fn() -> Shape,
     shape: OnceLock<Shape>,
 }
+
+/// Shapes traced in this process, by type: a program that builds a
+/// registry per pool traces each type once.
+static TRACED: std::sync::Mutex<Vec<(std::any::TypeId, Shape)>> = std::sync::Mutex::new(Vec::new());
 
 // The handshake code reads these; until it does, only tests do.
 #[allow(dead_code)]
@@ -156,6 +161,7 @@ impl LazyShape {
     /// The shape of `T`, not traced yet.
     pub(crate) fn of<T: DeserializeOwned + 'static>() -> LazyShape {
         LazyShape {
+            id: std::any::TypeId::of::<T>(),
             trace: shape_of::<T>,
             shape: OnceLock::new(),
         }
@@ -163,7 +169,29 @@ impl LazyShape {
 
     /// The shape, traced now if it was not yet (never panics).
     pub(crate) fn get(&self) -> &Shape {
-        self.shape.get_or_init(self.trace)
+        self.shape.get_or_init(|| {
+            let known = |traced: &[(std::any::TypeId, Shape)]| {
+                traced
+                    .iter()
+                    .find(|(id, _)| *id == self.id)
+                    .map(|(_, s)| s.clone())
+            };
+            let lock = || {
+                TRACED
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            if let Some(shape) = known(&lock()) {
+                return shape;
+            }
+            // Traced outside the lock: a type's Deserialize is user code.
+            let shape = (self.trace)();
+            let mut traced = lock();
+            if known(&traced).is_none() {
+                traced.push((self.id, shape.clone()));
+            }
+            shape
+        })
     }
 }
 

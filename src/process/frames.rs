@@ -222,8 +222,20 @@ impl Writer {
     }
 
     /// The frame so far; the writer is empty afterwards.
+    #[cfg(test)]
     pub(crate) fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
+    }
+
+    /// The frame so far, to send; then [`clear`](Self::clear) it to reuse
+    /// its buffer.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Empties the frame, keeping its buffer.
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
     }
 
     fn u8(&mut self, v: u8) {

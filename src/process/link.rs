@@ -8,7 +8,8 @@
 //!   full; only this thread waits then. A small batch for a worker that has
 //!   read every earlier frame cannot block, so the submitting thread writes
 //!   it itself ([`Link::flush`]): a lone task reaches an idle worker without
-//!   a thread hop.
+//!   a thread hop. The writer thread starts the first time a batch cannot
+//!   be written that way.
 //! * its **reader** reads reply frames and hands each reply to the driver,
 //!   then completes the task's future. When the channel ends (the worker
 //!   died or exited), it reaps the process, kills what is left of its
@@ -20,7 +21,7 @@
 //! doing. Kills go to the worker's whole process group, and only while the
 //! worker is unreaped, so the group id is still its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,7 @@ use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender}
 use super::claims::{ClaimTable, SLOTS};
 use super::frames::{Body, ClaimRef, Outcome, Reader, Reply, Request, Writer};
 use super::payload::{Held, Note, Received, Sent};
-use super::scheduler::{Death, Revoked, Stop, TaskId, WorkerId};
+use super::scheduler::{Death, Revoked, Stop, TaskId, TaskMap, WorkerId};
 use super::spawn::{self, Connected, StartOptions};
 use super::task::{Answer, RemoteTask};
 use super::transport::{Events, Link, Transport};
@@ -86,7 +87,7 @@ struct Outbox {
     /// The claim of each task sent and not answered or taken back, and the
     /// task itself: its payload lives until the worker can no longer read
     /// it (see `payload.rs`).
-    claims: HashMap<TaskId, (ClaimRef, Arc<RemoteTask>)>,
+    claims: TaskMap<(ClaimRef, Arc<RemoteTask>)>,
     free_slots: Vec<u32>,
     next_send: u64,
     /// Nothing more is written (the worker is killed, or gone).
@@ -101,6 +102,9 @@ struct Wire {
     sent: Sent,
     /// A write failed: the worker is gone.
     broken: bool,
+    /// Reused from batch to batch: what is being written, and the frame.
+    batch: VecDeque<Item>,
+    frame: Writer,
 }
 
 /// The child process and whether it has been reaped.
@@ -124,7 +128,11 @@ pub(crate) struct LocalLink {
     /// Held until the worker is reaped: its closing tells the worker the
     /// pool is gone (see `worker.rs`).
     lifeline: Mutex<Option<IpcSender<()>>>,
+    /// The reader thread, and the writer once it runs.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    writer_started: std::sync::atomic::AtomicBool,
+    pool: u64,
+    me: Weak<LocalLink>,
 }
 
 /// What the reader thread owns.
@@ -166,14 +174,17 @@ impl LocalLink {
                 payload: payload.clone(),
             });
         }
-        let link = Arc::new(LocalLink {
+        let link = Arc::new_cyclic(|me| LocalLink {
+            me: me.clone(),
+            pool: transport.pool,
+            writer_started: std::sync::atomic::AtomicBool::new(false),
             worker,
             pid,
             claims,
             memory_limit: transport.opts.memory_limit,
             outbox: Mutex::new(Outbox {
                 items,
-                claims: HashMap::new(),
+                claims: TaskMap::default(),
                 free_slots: (0..SLOTS).rev().collect(),
                 next_send: 1,
                 closed: false,
@@ -184,6 +195,8 @@ impl LocalLink {
                 big: hello.big_requests,
                 sent: Sent::default(),
                 broken: false,
+                batch: VecDeque::new(),
+                frame: Writer::default(),
             }),
             frames_sent: AtomicU64::new(0),
             process: Mutex::new(Process {
@@ -207,26 +220,40 @@ impl LocalLink {
                 deadlock::enter_worker(pool, name);
                 l.read(reader, &events);
             });
-        let (l, name) = (link.clone(), format!("twinpool-{pool}-writer-{pid}"));
-        let write = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || l.write());
-        let spawned = match (read, write) {
-            (Ok(r), Ok(w)) => Ok(vec![r, w]),
-            (r, w) => Err((r.ok().into_iter().chain(w.ok())).collect::<Vec<_>>()),
-        };
-        match spawned {
-            Ok(threads) => {
-                *lock(&link.threads) = threads;
+        match read {
+            Ok(r) => {
+                lock(&link.threads).push(r);
                 link.flush();
                 Ok(link)
             }
-            Err(threads) => {
-                *lock(&link.threads) = threads;
+            Err(e) => {
                 link.abandon();
                 Err(Error::Spawn {
-                    reason: "could not start the threads that talk to a new worker".into(),
+                    reason: format!("could not start the thread that reads a new worker: {e}"),
                 })
+            }
+        }
+    }
+
+    /// Starts the writer thread, the first time a batch needs it.
+    fn start_writer(&self) {
+        if self.writer_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let name = format!("twinpool-{}-writer-{}", self.pool, self.pid);
+        match std::thread::Builder::new()
+            .name(name)
+            .spawn(move || me.write())
+        {
+            Ok(t) => lock(&self.threads).push(t),
+            Err(e) => {
+                // Nothing can reach the worker: end it, and its tasks go
+                // to others.
+                log::error!("twinpool: could not start a worker's writer thread: {e}");
+                self.signal(libc::SIGKILL);
             }
         }
     }
@@ -246,56 +273,72 @@ impl LocalLink {
                 }
             }
             let mut wire = lock(&self.wire);
-            let items = std::mem::take(&mut lock(&self.outbox).items);
-            self.send(&mut wire, items);
+            let wire = &mut *wire;
+            std::mem::swap(&mut lock(&self.outbox).items, &mut wire.batch);
+            self.send(wire);
         }
     }
 
-    /// Writes `items` as frames, each preceded by the notes of its big
-    /// payloads. The caller holds the wire, and took `items` from the
-    /// outbox while holding it, so frames leave in the order queued.
-    fn send(&self, wire: &mut Wire, items: VecDeque<Item>) {
-        if wire.broken {
+    /// Writes the batch taken from the outbox as frames, each preceded by
+    /// the notes of its big payloads. The caller holds the wire, and took
+    /// the batch from the outbox while holding it, so frames leave in the
+    /// order queued.
+    fn send(&self, wire: &mut Wire) {
+        let Wire {
+            requests,
+            big,
+            sent,
+            broken,
+            batch,
+            frame,
+        } = wire;
+        if *broken {
+            batch.clear();
             return;
         }
-        let mut w = Writer::default();
         let mut notes = Vec::new();
-        for item in items {
+        for item in batch.drain(..) {
             match item {
-                Item::Init { name, payload } => w.request(&Request::Init { name, payload }),
-                Item::Exit => w.request(&Request::Exit),
+                Item::Init { name, payload } => frame.request(&Request::Init { name, payload }),
+                Item::Exit => frame.request(&Request::Exit),
                 Item::Task(task, claim) => {
-                    notes.extend(task.segment().map(|big| wire.sent.note(big)));
-                    task.write(&mut w, claim);
+                    notes.extend(task.segment().map(|b| sent.note(b)));
+                    task.write(frame, claim);
                 }
             }
-            if w.len() >= FRAME_BYTES {
-                self.send_frame(wire, &mut notes, &mut w);
+            if frame.len() >= FRAME_BYTES {
+                *broken |= !self.send_frame(requests, big, &mut notes, frame);
             }
         }
-        if !w.is_empty() {
-            self.send_frame(wire, &mut notes, &mut w);
+        if !frame.is_empty() {
+            *broken |= !self.send_frame(requests, big, &mut notes, frame);
         }
     }
 
-    fn send_frame(&self, wire: &mut Wire, notes: &mut Vec<Note>, w: &mut Writer) {
+    /// Sends one frame after its notes; false if the worker is gone (its
+    /// reader reports that).
+    fn send_frame(
+        &self,
+        requests: &IpcBytesSender,
+        big: &IpcSender<Note>,
+        notes: &mut Vec<Note>,
+        frame: &mut Writer,
+    ) -> bool {
         // Notes go first: the worker takes them in the order the frames
-        // name them. A failed write means the worker is gone; its reader
-        // reports that.
-        let frame = w.take();
+        // name them.
         let sent = catch_unwind(AssertUnwindSafe(|| {
-            notes.drain(..).all(|note| wire.big.send(note).is_ok())
-                && wire.requests.send(&frame).is_ok()
+            notes.drain(..).all(|note| big.send(note).is_ok())
+                && requests.send(frame.as_bytes()).is_ok()
         }));
+        frame.clear();
+        self.frames_sent.fetch_add(1, Ordering::Release);
         match sent {
-            Ok(true) => {}
-            Ok(false) => wire.broken = true,
+            Ok(sent) => sent,
             Err(p) => {
                 crate::error::drop_panic_payload(p);
-                wire.broken = true;
+                false
             }
         }
-        self.frames_sent.fetch_add(1, Ordering::Release);
     }
 
     // ----- the reader -----
@@ -484,26 +527,28 @@ impl Link for LocalLink {
         let direct = self.frames_sent.load(Ordering::Acquire) == self.claims.frames_read();
         if direct {
             if let Ok(mut wire) = self.wire.try_lock() {
-                let items = {
+                let wire = &mut *wire;
+                let taken = {
                     let mut ob = lock(&self.outbox);
                     let small = ob.items.iter().try_fold(0usize, |n, item| match item {
                         Item::Task(t, _) if t.segment().is_none() => Some(n + t.frame_bytes()),
+                        Item::Init { name, payload } => Some(n + 16 + name.len() + payload.len()),
                         Item::Exit => Some(n + 1),
-                        _ => None,
+                        Item::Task(..) => None,
                     });
-                    match small {
-                        Some(n) if n <= DIRECT_BYTES && !ob.closed => {
-                            Some(std::mem::take(&mut ob.items))
-                        }
-                        _ => None,
+                    let take = small.is_some_and(|n| n <= DIRECT_BYTES) && !ob.closed;
+                    if take {
+                        std::mem::swap(&mut ob.items, &mut wire.batch);
                     }
+                    take
                 };
-                if let Some(items) = items {
-                    self.send(&mut wire, items);
+                if taken {
+                    self.send(wire);
                     return;
                 }
             }
         }
+        self.start_writer();
         self.wake.notify_one();
     }
 

@@ -76,12 +76,36 @@
 //!    while another worker is idle: it is taken back and sent there.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::Error;
 
 /// A task, by the id of its future (unique in the process).
 pub(crate) type TaskId = u64;
+
+/// A map by task id. Ids are small sequential integers: std's SipHash,
+/// built against hostile keys, is wasted on them and showed in profiles.
+pub(crate) type TaskMap<V> = HashMap<TaskId, V, BuildHasherDefault<IdHasher>>;
+
+/// Spreads a task id over 64 bits with one multiplication (Fibonacci
+/// hashing); for [`TaskMap`].
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (id ^ self.0.rotate_left(5)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+}
 
 /// A worker, by a number the scheduler gives it when it asks for it; never
 /// reused, so an event about a replaced worker is recognised as stale.
@@ -333,7 +357,7 @@ impl Worker {
 /// The process pool's policy; see the module doc.
 pub(crate) struct Scheduler<H> {
     cfg: Config,
-    tasks: HashMap<TaskId, Task<H>>,
+    tasks: TaskMap<Task<H>>,
     /// Tasks that came back unstarted: sent before `queue`.
     returned: VecDeque<TaskId>,
     queue: VecDeque<TaskId>,
@@ -359,7 +383,7 @@ impl<H: Handle> Scheduler<H> {
     pub(crate) fn new(cfg: Config, ready: &[WorkerId], now: Instant) -> Self {
         let mut s = Scheduler {
             cfg,
-            tasks: HashMap::new(),
+            tasks: TaskMap::default(),
             returned: VecDeque::new(),
             queue: VecDeque::new(),
             waiting: 0,
@@ -976,7 +1000,8 @@ impl<H: Handle> Scheduler<H> {
         if self.broken.is_some() || self.waiting == 0 {
             return;
         }
-        let mut batches: BTreeMap<WorkerId, Vec<H>> = BTreeMap::new();
+        // Per worker, in the order first served: usually one or two.
+        let mut batches: Vec<(WorkerId, Vec<H>)> = Vec::new();
         while let Some(id) = self.next_queued() {
             let Some(w) = self.pick_worker() else {
                 break;
@@ -1004,7 +1029,10 @@ impl<H: Handle> Scheduler<H> {
             }
             worker.in_flight.push_back(id);
             worker.sent += 1;
-            batches.entry(w).or_default().push(handle);
+            match batches.iter_mut().find(|(b, _)| *b == w) {
+                Some((_, batch)) => batch.push(handle),
+                None => batches.push((w, vec![handle])),
+            }
         }
         for (worker, tasks) in batches {
             self.actions.push_back(Action::Send { worker, tasks });

@@ -169,6 +169,7 @@ fn serve(registry: &Registry, connect: IpcSender<Hello>, limit: Option<u64>) -> 
         released,
         unread: Vec::new(),
         claims,
+        out: Writer::default(),
     }
     .run()
 }
@@ -277,6 +278,8 @@ struct Worker<'a> {
     /// id: their segments go back to the pool only once it has.
     unread: Vec<(u64, Box<Big>)>,
     claims: ClaimTable,
+    /// The reply being written, its buffer reused.
+    out: Writer,
 }
 
 impl Worker<'_> {
@@ -441,11 +444,10 @@ impl Worker<'_> {
 
     /// Sends a reply now: it leaves before the next task starts.
     fn reply(&mut self, r: &Reply) -> Result<(), String> {
-        let mut w = Writer::default();
-        w.reply(r);
-        self.tx
-            .send(&w.take())
-            .map_err(|e| format!("could not send results to the pool: {e}"))
+        self.out.reply(r);
+        let sent = self.tx.send(self.out.as_bytes());
+        self.out.clear();
+        sent.map_err(|e| format!("could not send results to the pool: {e}"))
     }
 }
 
