@@ -318,10 +318,8 @@ pub struct Guard {
 
 impl Guard {
     pub fn new(tag: &str) -> Guard {
-        let dir = std::env::temp_dir().join(format!(
-            "twinpool-faults-{}-{tag}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("twinpool-faults-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         *lock(&CURRENT_DIR) = Some(dir.clone());
