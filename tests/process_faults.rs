@@ -1,0 +1,686 @@
+//! The process back end's promise, pinned from the outside: a crash, a hang
+//! or a kill costs exactly the one task it hit, the pool lives on, and time
+//! limits and `Future::kill` always take effect.
+//!
+//! Like `process_failures.rs`, this program is its own worker. Tasks
+//! coordinate with the test through files in the test's directory: each run
+//! of a task appends `<tag> <pid>` to the directory's run log, so a test
+//! counts how often a task ran and where; blocking tasks wait for a gate file
+//! (`go-<tag>`). Every test holds a [`Guard`]: a failing test opens all its
+//! gates as it panics, and the guard kills and reaps whatever processes are
+//! left. Waits are bounded (tens of seconds) only to turn a hang into a
+//! failure; where a behaviour is about time, the bound is far from both the
+//! expected and the buggy behaviour.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use twinpool::{serve_if_worker, Error, Executor, Future, Registry};
+
+mod proc_common;
+use common::{alive, gate, mark_run, runs, runs_of, started, within, Guard};
+use proc_common as common;
+
+/// Bound on a wait for something that should happen soon: turns a hang into
+/// a failure.
+const BOUND: Duration = Duration::from_secs(30);
+/// How long a blocking task would block if nothing stopped it.
+const FOREVER_MS: u64 = 120_000;
+
+/// How a `crash` task ends its worker.
+const ABORT: u8 = 0;
+const SEGFAULT: u8 = 1;
+const EXIT_0: u8 = 2;
+
+/// The guard tag of the test whose initializer exits.
+const INIT_EXIT_TAG: &str = "init-exit";
+
+/// The value whose decoding panics.
+const BOMB: u64 = 13;
+
+/// A result type whose `Serialize` works and whose `Deserialize` panics on
+/// [`BOMB`]: the worker encodes it fine, the pool cannot decode it.
+#[derive(Debug, PartialEq)]
+struct Bomb(u64);
+
+impl Serialize for Bomb {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bomb {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if v == BOMB {
+            panic!("Bomb::deserialize panics on {v}");
+        }
+        Ok(Bomb(v))
+    }
+}
+
+fn tasks() -> Registry {
+    Registry::new()
+        .register("square", |x: u64| x * x)
+        .register("pid", |_: ()| std::process::id())
+        // Marks its run; returns its worker's pid.
+        .register("mark", |(dir, tag): (String, String)| {
+            mark_run(&dir, &tag);
+            std::process::id()
+        })
+        // Marks its run, then ends its worker as `how` says.
+        .register("crash", |(dir, tag, how): (String, String, u8)| -> u32 {
+            mark_run(&dir, &tag);
+            match how {
+                ABORT => std::process::abort(),
+                SEGFAULT => {
+                    // SAFETY: none; this task exists to crash its worker.
+                    unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+                    0
+                }
+                _ => std::process::exit(0),
+            }
+        })
+        // Marks its run, then blocks until the gate `go-<tag>` opens (or
+        // `ms` pass); returns its worker's pid.
+        .register("hold", |(dir, tag, ms): (String, String, u64)| {
+            mark_run(&dir, &tag);
+            gate(&format!("{dir}/go-{tag}"), Duration::from_millis(ms));
+            std::process::id()
+        })
+        // Marks its run, blocks until the gate `go-<tag>` opens, then aborts.
+        .register("abort_when", |(dir, tag): (String, String)| -> u32 {
+            mark_run(&dir, &tag);
+            gate(
+                &format!("{dir}/go-{tag}"),
+                Duration::from_millis(FOREVER_MS),
+            );
+            std::process::abort()
+        })
+        .register("echo", |v: Vec<u8>| v)
+        .register("len", |v: Vec<u8>| v.len() as u64)
+        .register("bomb", Bomb)
+        // Marks its run (tag: `i`); returns `i` and its worker's pid.
+        .register("logged", |(dir, i): (String, u64)| {
+            mark_run(&dir, &i.to_string());
+            (i, std::process::id())
+        })
+        // Initializers.
+        .register("init_write", |(dir, text): (String, String)| {
+            std::fs::write(format!("{dir}/init-{}", std::process::id()), text).unwrap();
+        })
+        // Marks its start in the directory of the test
+        // `workers_that_exit_at_start_...` (found by the pool's pid: the
+        // argument is `()`), then ends its worker.
+        .register("init_exit", |_: ()| -> u8 {
+            let dir = std::env::temp_dir().join(format!(
+                "twinpool-faults-{}-{INIT_EXIT_TAG}",
+                std::os::unix::process::parent_id()
+            ));
+            mark_run(&dir.to_string_lossy(), "start");
+            std::process::exit(0)
+        })
+}
+
+fn pool(n: usize) -> Pool {
+    Pool::new(Executor::processes(n, tasks()).expect("the pool starts"))
+}
+
+/// An executor whose drop is bounded. Dropping the last clone shuts the
+/// pool down and waits for its workers, which a broken pool may never
+/// finish: past [`BOUND`] the test fails (and its guard kills the workers)
+/// instead of hanging.
+struct Pool(Option<Executor>);
+
+impl Pool {
+    fn new(ex: Executor) -> Pool {
+        Pool(Some(ex))
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = Executor;
+    fn deref(&self) -> &Executor {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let Some(ex) = self.0.take() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(ex);
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(BOUND).is_err() {
+            let msg = format!(
+                "dropping the executor (a shutdown that waits for its workers) did not finish \
+                 within {BOUND:?}"
+            );
+            if std::thread::panicking() {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+/// What each future ended in, all waited for with one deadline
+/// (`Err(Timeout)`: no answer in time).
+fn results_within<T: Send + 'static>(
+    futures: Vec<Future<T>>,
+    bound: Duration,
+) -> Vec<Result<T, Error>> {
+    let deadline = Instant::now() + bound;
+    futures
+        .into_iter()
+        .map(|f| f.result_timeout(deadline.saturating_duration_since(Instant::now())))
+        .collect()
+}
+
+/// Fails with every problem found (the first 12 in full).
+fn assert_none(what: &str, problems: &[String]) {
+    if problems.is_empty() {
+        return;
+    }
+    let shown: Vec<&str> = problems.iter().take(12).map(String::as_str).collect();
+    panic!(
+        "{what}: {} problem(s):\n  {}{}",
+        problems.len(),
+        shown.join("\n  "),
+        if problems.len() > 12 { "\n  ..." } else { "" }
+    );
+}
+
+/// `(tag, pid)` markers counted by tag.
+fn run_counts(dir: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (tag, _) in runs(dir) {
+        *counts.entry(tag).or_insert(0) += 1;
+    }
+    counts
+}
+
+// ---------------------------------------------------------------------------
+// Blame and re-runs
+// ---------------------------------------------------------------------------
+
+/// 200 quick tasks with one that ends its worker in the middle, queued
+/// while the workers were busy, on 1 and on 2 workers, five runs each: the crasher alone fails, with `WorkerDied`;
+/// every other task returns Ok; no task runs twice.
+fn crash_mid_batch(how: u8) {
+    const TASKS: usize = 200;
+    const CRASHER: usize = 100;
+    let mut problems = Vec::new();
+    for (run, workers) in [1, 2].into_iter().flat_map(|w| [w; 5]).enumerate() {
+        let g = Guard::new(&format!("crash{how}run{run}"));
+        let dir = g.dir();
+        let ex = pool(workers);
+        // Warm the workers up, then let them wait at a gate while the tasks
+        // are submitted, so that the tasks reach them in batches, as under
+        // load.
+        let warm: Vec<Future<u64>> = (0..300_u64)
+            .map(|i| ex.submit_named("square", i).unwrap())
+            .collect();
+        for r in results_within(warm, BOUND) {
+            r.unwrap();
+        }
+        let gates: Vec<Future<u32>> = (0..workers)
+            .map(|_| {
+                ex.submit_named("hold", (dir.clone(), "h".to_string(), FOREVER_MS))
+                    .unwrap()
+            })
+            .collect();
+        within(BOUND, || runs_of(&dir, "h") >= workers);
+        let futures: Vec<Future<u32>> = (0..TASKS)
+            .map(|i| {
+                let tag = format!("t{i}");
+                if i == CRASHER {
+                    ex.submit_named("crash", (dir.clone(), tag, how))
+                } else {
+                    ex.submit_named("mark", (dir.clone(), tag))
+                }
+                .unwrap()
+            })
+            .collect();
+        g.open("go-h");
+        let results = results_within(futures, BOUND);
+        for r in results_within(gates, BOUND) {
+            if let Err(e) = r {
+                problems.push(format!("run {run}: a gate task ended in {e:?}"));
+            }
+        }
+        // Whatever the pool would still run, it runs before drop returns.
+        drop(ex);
+        let counts = run_counts(&dir);
+        let ran = |i: usize| counts.get(&format!("t{i}")).copied().unwrap_or(0);
+        let mut failed = Vec::new();
+        let mut twice = Vec::new();
+        for (i, r) in results.iter().enumerate() {
+            if ran(i) > 1 {
+                twice.push(i);
+            }
+            match (i == CRASHER, r) {
+                (true, Err(Error::WorkerDied { .. })) | (false, Ok(_)) => {}
+                (true, other) => problems.push(format!(
+                    "run {run}, {workers} worker(s): the crasher ended in {other:?}"
+                )),
+                (false, Err(e)) => failed.push(format!("task {i}: {e:?}")),
+            }
+        }
+        if !failed.is_empty() {
+            problems.push(format!(
+                "run {run}, {workers} worker(s): {} other task(s) failed, first: {}",
+                failed.len(),
+                failed[0]
+            ));
+        }
+        if !twice.is_empty() {
+            problems.push(format!(
+                "run {run}, {workers} worker(s): {} task(s) ran more than once \
+                 (the crasher {} time(s)): {twice:?}",
+                twice.len(),
+                ran(CRASHER)
+            ));
+        }
+    }
+    assert_none("a crash mid-batch", &problems);
+}
+
+fn an_abort_mid_batch_costs_only_the_task_it_hit() {
+    crash_mid_batch(ABORT);
+}
+
+fn a_segfault_mid_batch_costs_only_the_task_it_hit() {
+    crash_mid_batch(SEGFAULT);
+}
+
+fn an_exit_0_mid_batch_costs_only_the_task_it_hit() {
+    crash_mid_batch(EXIT_0);
+}
+
+/// A pool-wide time limit of 1 s; one task would block for minutes among
+/// 200 quick ones: it alone ends in `TaskTimedOut`.
+fn only_the_slow_task_runs_past_the_pool_time_limit() {
+    let limit = Duration::from_secs(1);
+    let mut problems = Vec::new();
+    for workers in [1, 2] {
+        let g = Guard::new(&format!("limit{workers}"));
+        let dir = g.dir();
+        let ex = Pool::new(
+            Executor::builder()
+                .processes(workers)
+                .registry(tasks())
+                .task_timeout(limit)
+                .build()
+                .unwrap(),
+        );
+        let square = |i: u64| ex.submit_named::<u64, u64>("square", i).unwrap();
+        let before: Vec<_> = (0..100).map(square).collect();
+        let slow = ex
+            .submit_named::<_, u32>("hold", (dir.clone(), "slow".to_string(), FOREVER_MS))
+            .unwrap();
+        let after: Vec<_> = (100..200).map(square).collect();
+        let quick = results_within(before.into_iter().chain(after).collect(), BOUND);
+        let slow = slow.result_timeout(BOUND);
+        if slow != Err(Error::TaskTimedOut { limit }) {
+            problems.push(format!(
+                "{workers} worker(s): the slow task ended in {slow:?}"
+            ));
+        }
+        for (i, r) in quick.into_iter().enumerate() {
+            let i = i as u64;
+            if r != Ok(i * i) {
+                problems.push(format!(
+                    "{workers} worker(s): quick task {i} ended in {r:?}"
+                ));
+            }
+        }
+    }
+    assert_none(
+        "one slow task among quick ones under task_timeout",
+        &problems,
+    );
+}
+
+/// 30 rounds: SIGKILL the worker of a blocking task while quick tasks flow
+/// on the pool. The blocking task ends in `WorkerDied` and never runs
+/// again; no quick task ever gets an error.
+fn a_sigkilled_worker_costs_only_the_task_it_ran() {
+    let g = Guard::new("sigkill-loop");
+    let dir = g.dir();
+    let ex = pool(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flow = {
+        let (ex, stop) = (ex.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut bad = Vec::new();
+            let mut batches = 0;
+            while !stop.load(Ordering::Relaxed) && bad.is_empty() {
+                let futures: Vec<_> = (0..20)
+                    .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+                    .collect();
+                for (i, r) in results_within(futures, BOUND).into_iter().enumerate() {
+                    if r != Ok((i * i) as u64) {
+                        bad.push(format!("quick task {i} of batch {batches} ended in {r:?}"));
+                    }
+                }
+                batches += 1;
+            }
+            (batches, bad)
+        })
+    };
+    let mut problems = Vec::new();
+    for round in 0..30 {
+        let tag = format!("r{round}");
+        let victim = ex
+            .submit_named::<_, u32>("hold", (dir.clone(), tag.clone(), FOREVER_MS))
+            .unwrap();
+        let Some(pid) = started(&dir, &tag, BOUND) else {
+            problems.push(format!("round {round}: the blocking task never started"));
+            break;
+        };
+        if !common::signal_child(pid, libc::SIGKILL) {
+            problems.push(format!("round {round}: could not SIGKILL worker {pid}"));
+            break;
+        }
+        // Its future must end; a second run would show as a second marker.
+        within(BOUND, || victim.done() || runs_of(&dir, &tag) > 1);
+        let ran = runs_of(&dir, &tag);
+        match victim.result_timeout(Duration::ZERO) {
+            Err(Error::WorkerDied { pid: p, .. }) if p == pid => {}
+            other => problems.push(format!(
+                "round {round}: the killed task (worker {pid}) ended in {other:?}"
+            )),
+        }
+        if ran != 1 {
+            problems.push(format!("round {round}: the killed task ran {ran} times"));
+        }
+        if !problems.is_empty() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (batches, bad) = flow.join().unwrap();
+    problems.extend(bad);
+    assert_none(
+        &format!("SIGKILL of a busy worker, with {batches} batches of quick tasks meanwhile"),
+        &problems,
+    );
+}
+
+/// Three tasks killed while they wait behind a blocking one on a 1-worker
+/// pool: `kill()` says yes, they end Cancelled or Killed, and they never
+/// run, whether the blocking task then ends or kills its worker.
+fn killed_before_it_started(blocker_aborts: bool) {
+    let g = Guard::new(if blocker_aborts {
+        "kill-pending-abort"
+    } else {
+        "kill-pending"
+    });
+    let dir = g.dir();
+    let ex = pool(1);
+    let b = (dir.clone(), "b".to_string());
+    let blocker: Future<u32> = if blocker_aborts {
+        ex.submit_named("abort_when", b).unwrap()
+    } else {
+        ex.submit_named("hold", (b.0, b.1, FOREVER_MS)).unwrap()
+    };
+    assert!(
+        started(&dir, "b", BOUND).is_some(),
+        "the blocking task never started"
+    );
+    let killed: Vec<Future<u32>> = (0..3)
+        .map(|i| {
+            ex.submit_named("mark", (dir.clone(), format!("k{i}")))
+                .unwrap()
+        })
+        .collect();
+    // The pool may hand the first to the worker beside the blocking task;
+    // give it the chance (nothing below depends on whether it does).
+    within(Duration::from_secs(2), || killed[0].running());
+    let said: Vec<bool> = killed.iter().map(Future::kill).collect();
+    g.open("go-b");
+    let blocker = blocker.result_timeout(BOUND);
+    // On the one worker, a task submitted after them runs after them.
+    let after = ex
+        .submit_named::<_, u32>("mark", (dir.clone(), "after".to_string()))
+        .unwrap()
+        .result_timeout(BOUND);
+    drop(ex);
+    let mut problems = Vec::new();
+    match (&blocker, blocker_aborts) {
+        (Err(Error::WorkerDied { .. }), true) | (Ok(_), false) => {}
+        _ => problems.push(format!("the blocking task ended in {blocker:?}")),
+    }
+    if after.is_err() {
+        problems.push(format!("the task submitted after them ended in {after:?}"));
+    }
+    for (i, (f, said)) in killed.into_iter().zip(said).enumerate() {
+        if !said {
+            problems.push(format!("kill() of task k{i} returned false"));
+        }
+        let ran = runs_of(&dir, &format!("k{i}"));
+        if ran > 0 {
+            problems.push(format!("killed task k{i} ran {ran} time(s) after kill()"));
+        }
+        match f.result_timeout(BOUND) {
+            Err(Error::Cancelled | Error::Killed { .. }) => {}
+            other => problems.push(format!("killed task k{i} ended in {other:?}")),
+        }
+    }
+    assert_none("tasks killed before they started", &problems);
+}
+
+fn a_task_killed_before_it_started_never_runs() {
+    killed_before_it_started(false);
+}
+
+fn a_task_killed_before_it_started_never_runs_after_its_worker_dies() {
+    killed_before_it_started(true);
+}
+
+/// `kill()` on a task that runs (behind quick tasks that ran before it on
+/// the same worker), three times: it ends in `Killed` that does not say
+/// "before it started", and its worker process is gone.
+fn kill_stops_the_task_that_really_runs() {
+    let g = Guard::new("kill-running");
+    let dir = g.dir();
+    let ex = pool(1);
+    let mut problems = Vec::new();
+    for round in 0..3 {
+        let quick: Vec<_> = (0..50)
+            .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+            .collect();
+        let tag = format!("r{round}");
+        let f = ex
+            .submit_named::<_, u32>("hold", (dir.clone(), tag.clone(), FOREVER_MS))
+            .unwrap();
+        let Some(pid) = started(&dir, &tag, BOUND) else {
+            problems.push(format!("round {round}: the task never started"));
+            break;
+        };
+        let said = f.kill();
+        let r = f.result_timeout(BOUND);
+        let gone = within(Duration::from_secs(20), || !alive(pid));
+        if !said {
+            problems.push(format!("round {round}: kill() returned false"));
+        }
+        match &r {
+            Err(Error::Killed { how }) if !how.contains("before it started") => {}
+            other => problems.push(format!(
+                "round {round}: the running task ended in {other:?}"
+            )),
+        }
+        if !gone {
+            problems.push(format!(
+                "round {round}: worker {pid}, which ran the killed task, is still alive 20 s \
+                 after kill()"
+            ));
+        }
+        if !problems.is_empty() {
+            // The task may still block its worker: let it go.
+            g.release_all();
+        }
+        for (i, r) in results_within(quick, BOUND).into_iter().enumerate() {
+            if r != Ok((i * i) as u64) {
+                problems.push(format!("round {round}: quick task {i} ended in {r:?}"));
+            }
+        }
+        if !problems.is_empty() {
+            break;
+        }
+    }
+    assert_none("kill() of a running task", &problems);
+}
+
+/// `kill_workers` / `terminate_workers` with two running tasks and ten
+/// blocking tasks waiting behind them: it returns long before the running
+/// tasks would end, they end in `Killed`, and the ten never run.
+fn stopping_workers(kill: bool) {
+    let what = if kill {
+        "kill_workers"
+    } else {
+        "terminate_workers"
+    };
+    let g = Guard::new(what);
+    let dir = g.dir();
+    let ex = pool(2);
+    let hold = |tag: String| {
+        ex.submit_named::<_, u32>("hold", (dir.clone(), tag, FOREVER_MS))
+            .unwrap()
+    };
+    let running: Vec<_> = (0..2).map(|i| hold(format!("r{i}"))).collect();
+    let pids: Vec<Option<u32>> = (0..2)
+        .map(|i| started(&dir, &format!("r{i}"), BOUND))
+        .collect();
+    assert!(
+        pids.iter().all(Option::is_some),
+        "the running tasks never started"
+    );
+    let behind: Vec<_> = (0..10).map(|i| hold(format!("q{i}"))).collect();
+    // Some may be handed to the workers beside the running tasks; give the
+    // pool the chance (nothing below depends on whether it does).
+    within(Duration::from_secs(2), || {
+        behind.iter().filter(|f| f.running()).count() >= 2
+    });
+    let (tx, rx) = mpsc::channel();
+    let stopper = {
+        let ex = ex.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let r = if kill {
+                ex.kill_workers()
+            } else {
+                ex.terminate_workers()
+            };
+            let _ = tx.send((r, t0.elapsed()));
+        })
+    };
+    let mut problems = Vec::new();
+    let returned = rx.recv_timeout(Duration::from_secs(20));
+    match &returned {
+        Ok((Ok(()), _)) => {}
+        Ok((Err(e), _)) => problems.push(format!("{what}() returned {e:?}")),
+        Err(_) => {
+            problems.push(format!(
+                "{what}() did not return within 20 s (the running tasks would block {} s)",
+                FOREVER_MS / 1000
+            ));
+            g.release_all();
+            let _ = rx.recv_timeout(BOUND);
+        }
+    }
+    stopper.join().unwrap();
+    for (i, r) in results_within(running, BOUND).into_iter().enumerate() {
+        if !matches!(r, Err(Error::Killed { .. })) {
+            problems.push(format!("running task r{i} ended in {r:?}"));
+        }
+    }
+    for (i, r) in results_within(behind, BOUND).into_iter().enumerate() {
+        if !matches!(r, Err(Error::Cancelled | Error::Killed { .. })) {
+            problems.push(format!(
+                "task q{i}, not started at {what}(), ended in {r:?}"
+            ));
+        }
+    }
+    drop(ex);
+    for (tag, count) in run_counts(&dir) {
+        if tag.starts_with('q') {
+            problems.push(format!(
+                "task {tag}, not started at {what}(), ran {count} time(s)"
+            ));
+        }
+    }
+    for pid in pids.into_iter().flatten() {
+        if alive(pid) {
+            problems.push(format!("worker {pid} survived {what}()"));
+        }
+    }
+    assert_none(
+        &format!("{what}() with tasks running and waiting"),
+        &problems,
+    );
+}
+
+fn kill_workers_stops_running_tasks_and_runs_nothing_that_waited() {
+    stopping_workers(true);
+}
+
+fn terminate_workers_stops_running_tasks_and_runs_nothing_that_waited() {
+    stopping_workers(false);
+}
+
+fn main() {
+    serve_if_worker(&tasks());
+    common::run_guarded(&[
+        // Blame and re-runs.
+        (
+            "an_abort_mid_batch_costs_only_the_task_it_hit",
+            an_abort_mid_batch_costs_only_the_task_it_hit,
+        ),
+        (
+            "a_segfault_mid_batch_costs_only_the_task_it_hit",
+            a_segfault_mid_batch_costs_only_the_task_it_hit,
+        ),
+        (
+            "an_exit_0_mid_batch_costs_only_the_task_it_hit",
+            an_exit_0_mid_batch_costs_only_the_task_it_hit,
+        ),
+        (
+            "only_the_slow_task_runs_past_the_pool_time_limit",
+            only_the_slow_task_runs_past_the_pool_time_limit,
+        ),
+        (
+            "a_sigkilled_worker_costs_only_the_task_it_ran",
+            a_sigkilled_worker_costs_only_the_task_it_ran,
+        ),
+        (
+            "a_task_killed_before_it_started_never_runs",
+            a_task_killed_before_it_started_never_runs,
+        ),
+        (
+            "a_task_killed_before_it_started_never_runs_after_its_worker_dies",
+            a_task_killed_before_it_started_never_runs_after_its_worker_dies,
+        ),
+        (
+            "kill_stops_the_task_that_really_runs",
+            kill_stops_the_task_that_really_runs,
+        ),
+        (
+            "kill_workers_stops_running_tasks_and_runs_nothing_that_waited",
+            kill_workers_stops_running_tasks_and_runs_nothing_that_waited,
+        ),
+        (
+            "terminate_workers_stops_running_tasks_and_runs_nothing_that_waited",
+            terminate_workers_stops_running_tasks_and_runs_nothing_that_waited,
+        ),
+    ]);
+}
