@@ -638,6 +638,250 @@ fn terminate_workers_stops_running_tasks_and_runs_nothing_that_waited() {
     stopping_workers(false);
 }
 
+// ---------------------------------------------------------------------------
+// A dispatcher that blocks
+// ---------------------------------------------------------------------------
+
+/// A 900 KB argument (under the shared-memory threshold) waits behind a
+/// task with a 500 ms limit on a 1-worker pool: the limit still fires, far
+/// sooner than the task's natural end, and the big task then runs.
+fn a_time_limit_fires_while_a_big_argument_waits_behind() {
+    let g = Guard::new("limit-big");
+    let dir = g.dir();
+    let ex = pool(1);
+    let limit = Duration::from_millis(500);
+    let r = ex
+        .submit_named_timeout::<_, u32>("hold", (dir.clone(), "r".to_string(), FOREVER_MS), limit)
+        .unwrap();
+    let big = ex
+        .submit_named::<_, u64>("len", vec![7u8; 900 * 1024])
+        .unwrap();
+    let t0 = Instant::now();
+    let r = r.result_timeout(Duration::from_secs(15));
+    let took = t0.elapsed();
+    let mut problems = Vec::new();
+    if r != Err(Error::TaskTimedOut { limit }) {
+        problems.push(format!(
+            "the task with a 500 ms limit ended in {r:?} after {took:?} (it would block {} s)",
+            FOREVER_MS / 1000
+        ));
+        g.release_all();
+    }
+    let big = big.result_timeout(BOUND);
+    if big != Ok(900 * 1024) {
+        problems.push(format!("the big task ended in {big:?}"));
+    }
+    assert_none("a time limit with a big argument queued behind", &problems);
+}
+
+/// The same with `kill()` instead of a limit.
+fn kill_takes_effect_while_a_big_argument_waits_behind() {
+    let g = Guard::new("kill-big");
+    let dir = g.dir();
+    let ex = pool(1);
+    let r = ex
+        .submit_named::<_, u32>("hold", (dir.clone(), "r".to_string(), FOREVER_MS))
+        .unwrap();
+    let big = ex
+        .submit_named::<_, u64>("len", vec![7u8; 900 * 1024])
+        .unwrap();
+    assert!(
+        started(&dir, "r", BOUND).is_some(),
+        "the task never started"
+    );
+    // The pool may be handing the big argument to the busy worker; give it
+    // the chance to (nothing below depends on whether it does).
+    within(Duration::from_secs(2), || big.running());
+    let said = r.kill();
+    let t0 = Instant::now();
+    let r = r.result_timeout(Duration::from_secs(15));
+    let took = t0.elapsed();
+    let mut problems = Vec::new();
+    if !said {
+        problems.push("kill() returned false".to_string());
+    }
+    if !matches!(r, Err(Error::Killed { .. })) {
+        problems.push(format!(
+            "the killed task ended in {r:?} after {took:?} (it would block {} s)",
+            FOREVER_MS / 1000
+        ));
+        g.release_all();
+    }
+    let big = big.result_timeout(BOUND);
+    if big != Ok(900 * 1024) {
+        problems.push(format!("the big task ended in {big:?}"));
+    }
+    assert_none("kill() with a big argument queued behind", &problems);
+}
+
+/// 100 arguments of 200 KiB wait behind a task with a 2 s limit, on a
+/// worker that has run quick tasks before: the limit fires, then
+/// `kill_workers()` returns, well within wide bounds.
+fn a_time_limit_and_kill_workers_take_effect_behind_many_queued_arguments() {
+    let g = Guard::new("limit-many");
+    let dir = g.dir();
+    let ex = pool(1);
+    // A worker that has run quick tasks: the pool keeps more in flight.
+    let warm: Vec<Future<u64>> = (0..300_u64)
+        .map(|i| ex.submit_named("square", i).unwrap())
+        .collect();
+    for r in results_within(warm, BOUND) {
+        r.unwrap();
+    }
+    let limit = Duration::from_secs(2);
+    let r = ex
+        .submit_named_timeout::<_, u32>("hold", (dir.clone(), "r".to_string(), FOREVER_MS), limit)
+        .unwrap();
+    let queued: Vec<Future<u64>> = (0..100)
+        .map(|_| ex.submit_named("len", vec![1u8; 200 * 1024]).unwrap())
+        .collect();
+    let mut problems = Vec::new();
+    let t0 = Instant::now();
+    let r = r.result_timeout(Duration::from_secs(15));
+    if r != Err(Error::TaskTimedOut { limit }) {
+        problems.push(format!(
+            "the task with a 2 s limit ended in {r:?} after {:?}",
+            t0.elapsed()
+        ));
+    }
+    let (tx, rx) = mpsc::channel();
+    let stopper = {
+        let ex = ex.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let r = ex.kill_workers();
+            let _ = tx.send((r, t0.elapsed()));
+        })
+    };
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok((Ok(()), _)) => {}
+        Ok((Err(e), _)) => problems.push(format!("kill_workers() returned {e:?}")),
+        Err(_) => {
+            problems.push("kill_workers() did not return within 20 s".to_string());
+            g.release_all();
+            let _ = rx.recv_timeout(BOUND);
+        }
+    }
+    stopper.join().unwrap();
+    for (i, q) in results_within(queued, BOUND).into_iter().enumerate() {
+        match q {
+            Ok(204_800) | Err(Error::Cancelled | Error::Killed { .. }) => {}
+            other => problems.push(format!("queued task {i} ended in {other:?}")),
+        }
+    }
+    assert_none("many big arguments queued behind a limited task", &problems);
+}
+
+/// Pool of 2, one worker busy with a blocking task: 50 quick tasks all
+/// finish while it still blocks.
+fn quick_tasks_do_not_wait_behind_a_blocking_one() {
+    let g = Guard::new("hol");
+    let dir = g.dir();
+    let ex = pool(2);
+    let b = ex
+        .submit_named::<_, u32>("hold", (dir.clone(), "b".to_string(), FOREVER_MS))
+        .unwrap();
+    assert!(
+        started(&dir, "b", BOUND).is_some(),
+        "the blocking task never started"
+    );
+    let quick: Vec<_> = (0..50)
+        .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+        .collect();
+    let mut problems = Vec::new();
+    for (i, r) in results_within(quick, Duration::from_secs(20))
+        .into_iter()
+        .enumerate()
+    {
+        if r != Ok((i * i) as u64) {
+            problems.push(format!("quick task {i} ended in {r:?} within 20 s"));
+        }
+    }
+    if b.done() {
+        problems.push("the blocking task ended before its gate opened".into());
+    }
+    g.open("go-b");
+    if let Err(e) = b.result_timeout(BOUND) {
+        problems.push(format!("the blocking task ended in {e:?}"));
+    }
+    assert_none("quick tasks beside a blocking one", &problems);
+}
+
+/// Pool of 2 with one worker stopped (SIGSTOP) while idle: 50 quick tasks
+/// all finish on the other one.
+fn quick_tasks_do_not_wait_for_a_stopped_worker() {
+    let g = Guard::new("stopped");
+    let dir = g.dir();
+    let ex = pool(2);
+    // One blocking task per worker, to learn both pids.
+    let both: Vec<_> = (0..2)
+        .map(|i| {
+            ex.submit_named::<_, u32>("hold", (dir.clone(), format!("p{i}"), FOREVER_MS))
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<u32> = (0..2)
+        .map(|i| started(&dir, &format!("p{i}"), BOUND).expect("both workers report"))
+        .collect();
+    g.open("go-p0");
+    g.open("go-p1");
+    for r in results_within(both, BOUND) {
+        r.unwrap();
+    }
+    assert!(common::signal_child(pids[0], libc::SIGSTOP));
+    let quick: Vec<_> = (0..50)
+        .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+        .collect();
+    let mut problems = Vec::new();
+    for (i, r) in results_within(quick, Duration::from_secs(20))
+        .into_iter()
+        .enumerate()
+    {
+        if r != Ok((i * i) as u64) {
+            problems.push(format!(
+                "quick task {i} ended in {r:?} within 20 s, with worker {} stopped",
+                pids[0]
+            ));
+        }
+    }
+    common::signal_child(pids[0], libc::SIGCONT);
+    assert_none("quick tasks with one worker stopped", &problems);
+}
+
+/// 200 quick tasks, then one that blocks, on 1 worker: the 200 results all
+/// arrive while it blocks.
+fn results_are_not_held_back_while_the_next_task_blocks() {
+    let g = Guard::new("held");
+    let dir = g.dir();
+    let ex = pool(1);
+    let quick: Vec<_> = (0..200)
+        .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+        .collect();
+    let b = ex
+        .submit_named::<_, u32>("hold", (dir.clone(), "b".to_string(), FOREVER_MS))
+        .unwrap();
+    assert!(
+        started(&dir, "b", BOUND).is_some(),
+        "the blocking task never started"
+    );
+    let mut problems = Vec::new();
+    for (i, r) in results_within(quick, Duration::from_secs(20))
+        .into_iter()
+        .enumerate()
+    {
+        if r != Ok((i * i) as u64) {
+            problems.push(format!(
+                "quick task {i} ended in {r:?} within 20 s, while the next task blocked"
+            ));
+        }
+    }
+    g.open("go-b");
+    if let Err(e) = b.result_timeout(BOUND) {
+        problems.push(format!("the blocking task ended in {e:?}"));
+    }
+    assert_none("results of tasks before a blocking one", &problems);
+}
+
 fn main() {
     serve_if_worker(&tasks());
     common::run_guarded(&[
@@ -681,6 +925,31 @@ fn main() {
         (
             "terminate_workers_stops_running_tasks_and_runs_nothing_that_waited",
             terminate_workers_stops_running_tasks_and_runs_nothing_that_waited,
+        ),
+        // A dispatcher that blocks.
+        (
+            "a_time_limit_fires_while_a_big_argument_waits_behind",
+            a_time_limit_fires_while_a_big_argument_waits_behind,
+        ),
+        (
+            "kill_takes_effect_while_a_big_argument_waits_behind",
+            kill_takes_effect_while_a_big_argument_waits_behind,
+        ),
+        (
+            "a_time_limit_and_kill_workers_take_effect_behind_many_queued_arguments",
+            a_time_limit_and_kill_workers_take_effect_behind_many_queued_arguments,
+        ),
+        (
+            "quick_tasks_do_not_wait_behind_a_blocking_one",
+            quick_tasks_do_not_wait_behind_a_blocking_one,
+        ),
+        (
+            "quick_tasks_do_not_wait_for_a_stopped_worker",
+            quick_tasks_do_not_wait_for_a_stopped_worker,
+        ),
+        (
+            "results_are_not_held_back_while_the_next_task_blocks",
+            results_are_not_held_back_while_the_next_task_blocks,
         ),
     ]);
 }
