@@ -18,10 +18,10 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use twinpool::{serve_if_worker, Error, Executor, Future, Registry};
+use twinpool::{serve_if_worker, Error, Executor, Future, MapOptions, Registry};
 
 mod proc_common;
-use common::{alive, gate, mark_run, runs, runs_of, started, within, Guard};
+use common::{alive, gate, mark_run, runs, runs_of, started, within, Census, Guard};
 use proc_common as common;
 
 /// Bound on a wait for something that should happen soon: turns a hang into
@@ -206,6 +206,28 @@ fn run_counts(dir: &str) -> HashMap<String, usize> {
         *counts.entry(tag).or_insert(0) += 1;
     }
     counts
+}
+
+/// A build result to report: an executor is dropped (bounded) and shown as
+/// "an executor".
+fn built(r: Result<Executor, Error>) -> Result<&'static str, Error> {
+    r.map(|ex| {
+        drop(Pool::new(ex));
+        "an executor"
+    })
+}
+
+/// Makes `path` an executable shell script.
+fn write_script(path: &str, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+fn exe() -> String {
+    std::env::current_exe()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -882,6 +904,337 @@ fn results_are_not_held_back_while_the_next_task_blocks() {
     assert_none("results of tasks before a blocking one", &problems);
 }
 
+// ---------------------------------------------------------------------------
+// Start, handshake, bad input
+// ---------------------------------------------------------------------------
+
+/// `initializer_named` with a `(String, String)` argument: each worker runs
+/// it with that argument, and the pool works.
+fn an_initializer_gets_its_argument_in_every_worker() {
+    let g = Guard::new("init-arg");
+    let dir = g.dir();
+    let text = "set up by the initializer".to_string();
+    let ex = Pool::new(
+        Executor::builder()
+            .processes(2)
+            .registry(tasks())
+            .initializer_named("init_write", (dir.clone(), text.clone()))
+            .build()
+            .expect("the pool starts"),
+    );
+    let square = ex
+        .submit_named::<u64, u64>("square", 7)
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(square, Ok(49), "a pool with an initializer runs a task");
+    let both: Vec<_> = (0..2)
+        .map(|i| {
+            ex.submit_named::<_, u32>("hold", (dir.clone(), format!("p{i}"), FOREVER_MS))
+                .unwrap()
+        })
+        .collect();
+    let pids: Vec<u32> = (0..2)
+        .map(|i| started(&dir, &format!("p{i}"), BOUND).expect("both workers report"))
+        .collect();
+    g.open("go-p0");
+    g.open("go-p1");
+    for r in results_within(both, BOUND) {
+        r.unwrap();
+    }
+    for pid in pids {
+        let got = std::fs::read_to_string(format!("{dir}/init-{pid}"));
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(text.as_str()),
+            "what the initializer of worker {pid} wrote"
+        );
+    }
+}
+
+/// Workers whose initializer exits at once, with nothing submitted: the
+/// pool stops restarting them after a few tries, and work then gets
+/// `BrokenPool`.
+fn workers_that_exit_at_start_are_not_restarted_without_end() {
+    let g = Guard::new(INIT_EXIT_TAG);
+    let dir = g.dir();
+    let built = Executor::builder()
+        .processes(2)
+        .registry(tasks())
+        .initializer_named("init_exit", ())
+        .build();
+    // Restarts end when the count of starts stays the same for 2 s.
+    let t0 = Instant::now();
+    let mut last = runs_of(&dir, "start");
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_secs(2) && t0.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = runs_of(&dir, "start");
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    let mut problems = Vec::new();
+    if stable_since.elapsed() < Duration::from_secs(2) {
+        problems.push(format!(
+            "workers were still being restarted after {:?}: {last} starts so far",
+            t0.elapsed()
+        ));
+    } else if last > 12 {
+        problems.push(format!("{last} worker starts before the pool stopped"));
+    }
+    match built {
+        Err(Error::BrokenPool { .. } | Error::Spawn { .. }) => {}
+        Err(e) => problems.push(format!("build() returned {e:?}")),
+        Ok(ex) => {
+            let ex = Pool::new(ex);
+            let r = ex
+                .submit_named::<u64, u64>("square", 2)
+                .and_then(|f| f.result_timeout(BOUND));
+            if !matches!(r, Err(Error::BrokenPool { .. })) {
+                problems.push(format!("a task submitted afterwards ended in {r:?}"));
+            }
+        }
+    }
+    assert_none("workers that exit right after their handshake", &problems);
+}
+
+fn max_tasks_per_child_of_zero_is_an_invalid_argument() {
+    let _g = Guard::new("max-tasks-0");
+    let r = Executor::builder()
+        .processes(1)
+        .registry(tasks())
+        .max_tasks_per_child(0)
+        .build();
+    assert!(
+        matches!(r, Err(Error::InvalidArgument { .. })),
+        "build() with max_tasks_per_child(0) returned {:?}",
+        built(r)
+    );
+}
+
+/// A wrapper worker program whose 3rd start exits before connecting: each
+/// `processes(4)` build is `Err(Spawn)` and leaves no process, no zombie,
+/// no fd and no thread behind.
+fn a_failed_start_leaves_nothing_behind() {
+    let g = Guard::new("failed-start");
+    let wrapper = g.path("third-fails.sh");
+    let attempt = |i: usize| {
+        let starts = g.path(&format!("starts{i}"));
+        std::fs::create_dir_all(&starts).unwrap();
+        // mkdir is atomic: the workers, started together, each get a number.
+        write_script(
+            &wrapper,
+            &format!(
+                "for i in 1 2 3 4 5 6 7 8; do\n  if mkdir '{starts}/'$i 2>/dev/null; then\n    \
+                 [ $i = 3 ] && exit 5\n    exec '{exe}'\n  fi\ndone\nexec '{exe}'",
+                exe = exe()
+            ),
+        );
+        let r = Executor::builder()
+            .processes(4)
+            .registry(tasks())
+            .worker_program(&wrapper)
+            .build();
+        (built(r), Census::now())
+    };
+    // Warm-up: a pool that starts, and one failed start.
+    drop(pool(4));
+    let _ = attempt(0);
+    let before = Census::now();
+    let mut problems = Vec::new();
+    for i in 1..=5 {
+        let (r, census) = attempt(i);
+        if !matches!(r, Err(Error::Spawn { .. })) {
+            problems.push(format!("attempt {i}: build() returned {r:?}"));
+        }
+        if census.children > 0 || census.zombies > 0 {
+            problems.push(format!(
+                "attempt {i}: as build() returned its error, {} child process(es) and {} \
+                 zombie(s) were left: {:?}",
+                census.children,
+                census.zombies,
+                common::descendants()
+            ));
+        }
+    }
+    let after = Census::back_to(&before, Duration::from_secs(10));
+    if !after.within(&before) {
+        problems.push(format!(
+            "after 5 failed starts: {after:?}, before them: {before:?}"
+        ));
+    }
+    assert_none("failed starts", &problems);
+}
+
+/// Five workers that never connect, with a 2 s connect timeout: the Spawn
+/// error comes within 2 s plus slack, not 2 s per worker.
+fn a_connect_timeout_bounds_the_whole_start() {
+    let g = Guard::new("connect-timeout");
+    let wrapper = g.path("never-connects.sh");
+    write_script(&wrapper, "exec sleep 60");
+    let t0 = Instant::now();
+    let r = Executor::builder()
+        .processes(5)
+        .registry(tasks())
+        .connect_timeout(Duration::from_secs(2))
+        .worker_program(&wrapper)
+        .build();
+    let took = t0.elapsed();
+    let r = built(r);
+    let mut problems = Vec::new();
+    if !matches!(r, Err(Error::Spawn { .. })) {
+        problems.push(format!("build() returned {r:?}"));
+    }
+    if took >= Duration::from_secs(6) {
+        problems.push(format!(
+            "build() took {took:?} with connect_timeout(2 s) (bound: 6 s)"
+        ));
+    }
+    if !within(Duration::from_secs(10), || common::children().is_empty()) {
+        problems.push(format!("processes left: {:?}", common::descendants()));
+    }
+    assert_none("a start whose workers never connect", &problems);
+}
+
+fn connect_timeout_of_duration_max_is_no_limit() {
+    let _g = Guard::new("connect-max");
+    let ex = Pool::new(
+        Executor::builder()
+            .processes(1)
+            .registry(tasks())
+            .connect_timeout(Duration::MAX)
+            .build()
+            .expect("a pool with connect_timeout(Duration::MAX) starts"),
+    );
+    let r = ex
+        .submit_named::<u64, u64>("square", 3)
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(r, Ok(9));
+}
+
+/// A task that runs a while (300 ms: the pool checks its limit as it
+/// runs) under a limit of `Duration::MAX` ends normally.
+fn runs_a_while(ex: &Executor, dir: &str, limit: Option<Duration>) -> Result<u32, Error> {
+    let arg = (dir.to_string(), "while".to_string(), 300_u64);
+    match limit {
+        Some(limit) => ex.submit_named_timeout("hold", arg, limit),
+        None => ex.submit_named("hold", arg),
+    }?
+    .result_timeout(BOUND)
+}
+
+fn task_timeout_of_duration_max_is_no_limit() {
+    let g = Guard::new("task-timeout-max");
+    let ex = Pool::new(
+        Executor::builder()
+            .processes(1)
+            .registry(tasks())
+            .task_timeout(Duration::MAX)
+            .build()
+            .expect("a pool with task_timeout(Duration::MAX) starts"),
+    );
+    let r = ex
+        .submit_named::<u64, u64>("square", 3)
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(r, Ok(9));
+    let chunked: Result<Vec<u64>, Error> = ex
+        .map_named_with::<u64, u64, _>(
+            "square",
+            0..20,
+            MapOptions {
+                chunksize: 5,
+                timeout: Some(BOUND),
+                ..MapOptions::default()
+            },
+        )
+        .unwrap()
+        .collect();
+    assert_eq!(chunked, Ok((0..20).map(|x| x * x).collect()));
+    let r = runs_a_while(&ex, &g.dir(), None);
+    assert!(r.is_ok(), "a task that runs 300 ms ended in {r:?}");
+}
+
+fn submit_with_a_limit_of_duration_max_is_no_limit() {
+    let g = Guard::new("submit-max");
+    let ex = pool(1);
+    let r = ex
+        .submit_named_timeout::<u64, u64>("square", 3, Duration::MAX)
+        .unwrap()
+        .result_timeout(BOUND);
+    assert_eq!(r, Ok(9));
+    let r = runs_a_while(&ex, &g.dir(), Some(Duration::MAX));
+    assert!(r.is_ok(), "a task that runs 300 ms ended in {r:?}");
+}
+
+/// A result whose `Deserialize` panics: that future ends in `Decode` or
+/// `Panicked`, and the pool goes on.
+fn a_result_that_panics_while_decoding_fails_only_its_task() {
+    let _g = Guard::new("bomb");
+    let ex = pool(1);
+    let r = ex
+        .submit_named::<u64, Bomb>("bomb", BOMB)
+        .unwrap()
+        .result_timeout(BOUND);
+    let mut problems = Vec::new();
+    if !matches!(r, Err(Error::Decode { .. } | Error::Panicked { .. })) {
+        problems.push(format!(
+            "the task whose result panics in decoding ended in {r:?}"
+        ));
+    }
+    let next = ex
+        .submit_named::<u64, Bomb>("bomb", 1)
+        .unwrap()
+        .result_timeout(BOUND);
+    if next != Ok(Bomb(1)) {
+        problems.push(format!("the next task ended in {next:?}"));
+    }
+    assert_none("a result that panics while decoding", &problems);
+}
+
+/// The same in a chunked map: the item whose result panics in decoding (and
+/// at most the others of its chunk) ends in `Decode` or `Panicked`, never
+/// `WorkerDied`; the other chunks are Ok.
+fn a_chunked_map_result_that_panics_while_decoding_fails_only_its_chunk() {
+    let _g = Guard::new("bomb-map");
+    let ex = pool(1);
+    let results: Vec<Result<Bomb, Error>> = ex
+        .map_named_with::<u64, Bomb, _>(
+            "bomb",
+            0..20,
+            MapOptions {
+                chunksize: 5,
+                timeout: Some(BOUND),
+                ..MapOptions::default()
+            },
+        )
+        .unwrap()
+        .collect();
+    let mut problems = Vec::new();
+    if results.len() != 20 {
+        problems.push(format!(
+            "{} results for 20 items: {results:?}",
+            results.len()
+        ));
+    }
+    for (i, r) in results.iter().enumerate() {
+        let i = i as u64;
+        let same_chunk = i / 5 == BOMB / 5;
+        match r {
+            Ok(b) if *b == Bomb(i) && i != BOMB => {}
+            Err(Error::Decode { .. } | Error::Panicked { .. }) if same_chunk => {}
+            other => problems.push(format!("item {i} ended in {other:?}")),
+        }
+    }
+    assert_none(
+        "a chunked map whose result panics while decoding",
+        &problems,
+    );
+}
+
 fn main() {
     serve_if_worker(&tasks());
     common::run_guarded(&[
@@ -950,6 +1303,47 @@ fn main() {
         (
             "results_are_not_held_back_while_the_next_task_blocks",
             results_are_not_held_back_while_the_next_task_blocks,
+        ),
+        // Start, handshake, bad input.
+        (
+            "an_initializer_gets_its_argument_in_every_worker",
+            an_initializer_gets_its_argument_in_every_worker,
+        ),
+        (
+            "workers_that_exit_at_start_are_not_restarted_without_end",
+            workers_that_exit_at_start_are_not_restarted_without_end,
+        ),
+        (
+            "max_tasks_per_child_of_zero_is_an_invalid_argument",
+            max_tasks_per_child_of_zero_is_an_invalid_argument,
+        ),
+        (
+            "a_failed_start_leaves_nothing_behind",
+            a_failed_start_leaves_nothing_behind,
+        ),
+        (
+            "a_connect_timeout_bounds_the_whole_start",
+            a_connect_timeout_bounds_the_whole_start,
+        ),
+        (
+            "connect_timeout_of_duration_max_is_no_limit",
+            connect_timeout_of_duration_max_is_no_limit,
+        ),
+        (
+            "task_timeout_of_duration_max_is_no_limit",
+            task_timeout_of_duration_max_is_no_limit,
+        ),
+        (
+            "submit_with_a_limit_of_duration_max_is_no_limit",
+            submit_with_a_limit_of_duration_max_is_no_limit,
+        ),
+        (
+            "a_result_that_panics_while_decoding_fails_only_its_task",
+            a_result_that_panics_while_decoding_fails_only_its_task,
+        ),
+        (
+            "a_chunked_map_result_that_panics_while_decoding_fails_only_its_chunk",
+            a_chunked_map_result_that_panics_while_decoding_fails_only_its_chunk,
         ),
     ]);
 }
