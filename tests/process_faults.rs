@@ -13,8 +13,8 @@
 //! expected and the buggy behaviour.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -1235,6 +1235,254 @@ fn a_chunked_map_result_that_panics_while_decoding_fails_only_its_chunk() {
     );
 }
 
+/// Rounds of big arguments echoed back on 2 workers, after warm-up rounds:
+/// each round sends six of 2 MiB (more than the 4 pooled segments can hold
+/// at once) and one of 300 MiB (more than a pooled segment may be)
+/// together. Fds, threads, /dev/shm entries and mapped segments, in
+/// this process and in the workers, come back to their counts after the
+/// warm-up.
+fn big_payloads_leave_nothing_behind() {
+    const SMALL: usize = 2 << 20;
+    const HUGE: usize = 300 << 20;
+    let _g = Guard::new("big");
+    let ex = pool(2);
+    let round = |smalls: usize| -> Result<(), String> {
+        let sizes = std::iter::repeat_n(SMALL, smalls).chain([HUGE]);
+        let futures: Vec<(usize, Future<Vec<u8>>)> = sizes
+            .map(|size| {
+                let mut v = vec![0u8; size];
+                v[0] = 1;
+                v[size - 1] = 2;
+                (size, ex.submit_named("echo", v).unwrap())
+            })
+            .collect();
+        for (size, f) in futures {
+            let back = f
+                .result_timeout(BOUND)
+                .map_err(|e| format!("echo of {size} bytes ended in {e:?}"))?;
+            if back.len() != size || back[0] != 1 || back[size - 1] != 2 {
+                return Err(format!("echo of {size} bytes came back wrong"));
+            }
+        }
+        Ok(())
+    };
+    // The workers' pids: one blocking task on each.
+    let workers = || -> Vec<u32> {
+        let dir = _g.dir();
+        let tag = format!("w{}", runs(&dir).len());
+        let both: Vec<Future<u32>> = (0..2)
+            .map(|_| {
+                ex.submit_named("hold", (dir.clone(), tag.clone(), FOREVER_MS))
+                    .unwrap()
+            })
+            .collect();
+        within(BOUND, || runs_of(&dir, &tag) == 2);
+        _g.open(&format!("go-{tag}"));
+        let mut pids: Vec<u32> = results_within(both, BOUND)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        pids.sort_unstable();
+        pids
+    };
+    // Warm-up: with twelve at once, every process fills all the segments
+    // it keeps for reuse, and every receiver maps them all.
+    for _ in 0..3 {
+        round(12).unwrap();
+    }
+    let pids = workers();
+    let worker_census = || -> Vec<(usize, usize)> {
+        (pids.iter())
+            .map(|&p| (common::fds_of(p), common::memfd_maps(&p.to_string())))
+            .collect()
+    };
+    let before = Census::now();
+    let workers_before = worker_census();
+    let mut problems = Vec::new();
+    for i in 0..10 {
+        if let Err(e) = round(6) {
+            problems.push(format!("round {i}: {e}"));
+            break;
+        }
+    }
+    if workers() != pids {
+        problems.push("a worker was replaced during the rounds".into());
+    }
+    let after = Census::back_to(&before, Duration::from_secs(10));
+    if !after.within(&before) {
+        problems.push(format!(
+            "this process after 10 rounds: {after:?}; before: {before:?}"
+        ));
+    }
+    let workers_after = worker_census();
+    if (workers_after.iter().zip(&workers_before)).any(|(a, b)| a.0 > b.0 || a.1 > b.1) {
+        problems.push(format!(
+            "the workers after 10 rounds: (fds, memfd maps) {workers_after:?}; before: \
+             {workers_before:?}"
+        ));
+    }
+    assert_none("big payloads", &problems);
+}
+
+/// A tiny deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+}
+
+/// A pool of 3 runs 10,000 quick tasks in a steady flow while 200 SIGKILLs
+/// hit random workers: every future is answered exactly once (Ok, or
+/// `WorkerDied` for at most one task per kill), no task runs twice, and
+/// after drop fds, threads, children, zombies and shared memory are back.
+fn ten_thousand_tasks_survive_two_hundred_sigkills() {
+    const TASKS: usize = 10_000;
+    const KILLS: usize = 200;
+    const WAVE: usize = TASKS / KILLS;
+    const IN_FLIGHT: usize = 8;
+    let g = Guard::new("stress");
+    let dir = g.dir();
+    // Warm-up: a pool that runs a task and loses a worker.
+    {
+        let ex = pool(3);
+        let pid = ex
+            .submit_named::<(), u32>("pid", ())
+            .unwrap()
+            .result_timeout(BOUND)
+            .unwrap();
+        common::signal_child(pid, libc::SIGKILL);
+        let _ = ex
+            .submit_named::<u64, u64>("square", 2)
+            .unwrap()
+            .result_timeout(BOUND);
+    }
+    let before = Census::now();
+    let answers: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..TASKS).map(|_| AtomicUsize::new(0)).collect());
+    let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let mut problems = Vec::new();
+    let mut kills = 0;
+    let mut victims: Vec<u32> = Vec::new();
+    let mut futures: Vec<Future<(u64, u32)>> = Vec::with_capacity(TASKS);
+    let submitted;
+    {
+        let ex = pool(3);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let t0 = Instant::now();
+        for wave in 0..KILLS {
+            // A steady flow: at most IN_FLIGHT waves in flight, so the
+            // workers are busy whenever a kill lands.
+            if wave >= IN_FLIGHT {
+                let older = &futures[(wave - IN_FLIGHT) * WAVE..(wave - IN_FLIGHT + 1) * WAVE];
+                if !within(BOUND, || older.iter().all(Future::done)) {
+                    problems.push(format!(
+                        "wave {} got no answers within {BOUND:?}",
+                        wave - IN_FLIGHT
+                    ));
+                    break;
+                }
+            }
+            for i in wave * WAVE..(wave + 1) * WAVE {
+                let f: Future<(u64, u32)> =
+                    ex.submit_named("logged", (dir.clone(), i as u64)).unwrap();
+                let (answers, pids) = (answers.clone(), pids.clone());
+                f.add_done_callback(move |r| {
+                    answers[i].fetch_add(1, Ordering::SeqCst);
+                    if let Ok((_, pid)) = r {
+                        let mut pids = pids.lock().unwrap();
+                        if !pids.contains(pid) {
+                            pids.push(*pid);
+                        }
+                    }
+                });
+                futures.push(f);
+            }
+            // Kill a random worker that has answered a task (so it is
+            // connected, not starting) and still lives. When none is known,
+            // ask one for its pid.
+            let deadline = Instant::now() + BOUND;
+            let killed = loop {
+                let children = common::live_children();
+                let live: Vec<u32> = (pids.lock().unwrap().iter().copied())
+                    .filter(|p| children.contains(p) && !victims.contains(p))
+                    .collect();
+                if let Some(&pid) = live.get(rng.below(live.len().max(1))) {
+                    if common::signal_child(pid, libc::SIGKILL) {
+                        victims.push(pid);
+                        break true;
+                    }
+                } else if let Ok(pid) = ex
+                    .submit_named::<(), u32>("pid", ())
+                    .and_then(|f| f.result_timeout(BOUND))
+                {
+                    pids.lock().unwrap().push(pid);
+                }
+                if Instant::now() >= deadline {
+                    break false;
+                }
+            };
+            if !killed {
+                problems.push(format!("wave {wave}: found no live worker to kill"));
+                break;
+            }
+            kills += 1;
+        }
+        submitted = futures.len();
+        if !within(BOUND, || futures.iter().all(Future::done)) {
+            let open = futures.iter().filter(|f| !f.done()).count();
+            problems.push(format!(
+                "{open} of {submitted} futures unanswered {BOUND:?} after the last submit"
+            ));
+        }
+        let mut died = 0;
+        for (i, f) in futures.drain(..).enumerate() {
+            match f.result_timeout(Duration::ZERO) {
+                Ok((j, _)) if j == i as u64 => {}
+                Err(Error::WorkerDied { .. }) => died += 1,
+                other => problems.push(format!("task {i} ended in {other:?}")),
+            }
+        }
+        if died > kills {
+            problems.push(format!("{died} tasks got WorkerDied from {kills} kills"));
+        }
+        eprintln!(
+            "stress: {submitted} tasks, {kills} kills, {died} WorkerDied, {:?}",
+            t0.elapsed()
+        );
+    }
+    for (i, n) in answers.iter().enumerate() {
+        let n = n.load(Ordering::SeqCst);
+        if n != 1 && i < submitted {
+            problems.push(format!("task {i} was answered {n} times"));
+        }
+    }
+    let mut twice: Vec<(u64, usize)> = run_counts(&dir)
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .filter_map(|(tag, n)| Some((tag.parse().ok()?, n)))
+        .collect();
+    twice.sort_unstable();
+    if !twice.is_empty() {
+        problems.push(format!(
+            "{} tasks ran more than once (task, runs): {:?}",
+            twice.len(),
+            &twice[..twice.len().min(10)]
+        ));
+    }
+    let after = Census::back_to(&before, Duration::from_secs(15));
+    if !after.within(&before) {
+        problems.push(format!(
+            "after drop: {after:?}; before the pool: {before:?}"
+        ));
+    }
+    assert_none("10,000 tasks and 200 SIGKILLs", &problems);
+}
+
 fn main() {
     serve_if_worker(&tasks());
     common::run_guarded(&[
@@ -1344,6 +1592,14 @@ fn main() {
         (
             "a_chunked_map_result_that_panics_while_decoding_fails_only_its_chunk",
             a_chunked_map_result_that_panics_while_decoding_fails_only_its_chunk,
+        ),
+        (
+            "big_payloads_leave_nothing_behind",
+            big_payloads_leave_nothing_behind,
+        ),
+        (
+            "ten_thousand_tasks_survive_two_hundred_sigkills",
+            ten_thousand_tasks_survive_two_hundred_sigkills,
         ),
     ]);
 }
