@@ -35,6 +35,9 @@ const ABORT: u8 = 0;
 const SEGFAULT: u8 = 1;
 const EXIT_0: u8 = 2;
 
+/// Set in workers that take a second to exit (an `atexit` handler waits).
+const SLOW_EXIT: &str = "TWINPOOL_FAULTS_SLOW_EXIT";
+
 /// The guard tag of the test whose initializer exits.
 const INIT_EXIT_TAG: &str = "init-exit";
 
@@ -1014,9 +1017,10 @@ fn max_tasks_per_child_of_zero_is_an_invalid_argument() {
     );
 }
 
-/// A wrapper worker program whose 3rd start exits before connecting: each
-/// `processes(4)` build is `Err(Spawn)` and leaves no process, no zombie,
-/// no fd and no thread behind.
+/// A wrapper worker program whose 3rd start exits before connecting (the
+/// others take a second to exit when told to): each `processes(4)` build
+/// is `Err(Spawn)` and, by the time it returns, leaves no process and no
+/// zombie behind; nor, in the end, any fd or thread.
 fn a_failed_start_leaves_nothing_behind() {
     let g = Guard::new("failed-start");
     let wrapper = g.path("third-fails.sh");
@@ -1027,7 +1031,8 @@ fn a_failed_start_leaves_nothing_behind() {
         write_script(
             &wrapper,
             &format!(
-                "for i in 1 2 3 4 5 6 7 8; do\n  if mkdir '{starts}/'$i 2>/dev/null; then\n    \
+                "export {SLOW_EXIT}=1\nfor i in 1 2 3 4 5 6 7 8; do\n  \
+                 if mkdir '{starts}/'$i 2>/dev/null; then\n    \
                  [ $i = 3 ] && exit 5\n    exec '{exe}'\n  fi\ndone\nexec '{exe}'",
                 exe = exe()
             ),
@@ -1484,6 +1489,13 @@ fn ten_thousand_tasks_survive_two_hundred_sigkills() {
 }
 
 fn main() {
+    if std::env::var_os(SLOW_EXIT).is_some() {
+        extern "C" fn linger() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // SAFETY: registers a plain function, once, before any thread.
+        unsafe { libc::atexit(linger) };
+    }
     serve_if_worker(&tasks());
     common::run_guarded(&[
         // Blame and re-runs.

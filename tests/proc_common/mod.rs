@@ -152,6 +152,11 @@ pub const RUNS_LOG: &str = "runs.log";
 /// not contain whitespace.
 pub fn mark_run(dir: &str, tag: &str) {
     use std::io::Write;
+    // Never a log in the working directory (the repository).
+    assert!(
+        Path::new(dir).is_absolute(),
+        "not a test directory: {dir:?}"
+    );
     static LOG: Mutex<Option<(String, std::fs::File)>> = Mutex::new(None);
     let mut log = lock(&LOG);
     if log.as_ref().map(|(d, _)| d.as_str()) != Some(dir) {
