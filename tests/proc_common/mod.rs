@@ -541,6 +541,9 @@ fn watchdog() {
             println!("test {name} ... FAILED (hung; watchdog ends the program)");
             let left = kill_descendants();
             println!("killed (pid, state): {left:?}");
+            if let Some(dir) = lock(&CURRENT_DIR).take() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             std::process::exit(1);
         }
     }
