@@ -136,6 +136,54 @@ pub(crate) fn encode_seq<T: Serialize>(
     })
 }
 
+/// Decodes a sequence written by [`encode_seq`] item by item: the items
+/// before the first that fails to decode (or whose `Deserialize` panics),
+/// and that failure.
+pub(crate) fn decode_seq_items<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl Fn() -> String,
+) -> (Vec<T>, Option<Error>) {
+    let failed = |detail: String| Error::Decode {
+        what: what(),
+        detail,
+    };
+    let (n, mut rest) = match postcard::take_from_bytes::<u64>(bytes) {
+        Ok(found) => found,
+        Err(e) => return (Vec::new(), Some(failed(format!("no item count: {e}")))),
+    };
+    // The count is the sender's word: never reserve more than the bytes
+    // could hold.
+    let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(rest.len()));
+    for _ in 0..n {
+        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            postcard::take_from_bytes::<T>(rest)
+        }));
+        match taken {
+            Ok(Ok((item, left))) => {
+                items.push(item);
+                rest = left;
+            }
+            Ok(Err(e)) => {
+                let detail = format!("not a {}: {e}", std::any::type_name::<T>());
+                return (items, Some(failed(detail)));
+            }
+            Err(p) => {
+                let detail = format!(
+                    "its Deserialize panicked: {}",
+                    crate::error::panic_message(&*p)
+                );
+                crate::error::drop_panic_payload(p);
+                return (items, Some(failed(detail)));
+            }
+        }
+    }
+    if !rest.is_empty() {
+        let detail = format!("{} bytes were left over after the items", rest.len());
+        return (items, Some(failed(detail)));
+    }
+    (items, None)
+}
+
 /// Decodes a whole sequence written by [`encode_seq`].
 pub(crate) fn decode_seq<T: DeserializeOwned>(
     bytes: &[u8],

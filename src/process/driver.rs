@@ -120,11 +120,11 @@ impl Driver {
         {
             let mut core = self.lock();
             for (id, link) in &started {
-                // One that died already was forgotten with its death.
-                if core.sched.has_worker(*id) {
-                    core.links.insert(*id, link.clone());
-                }
+                core.links.insert(*id, link.clone());
             }
+        }
+        for (_, link) in &started {
+            link.activate();
         }
         let Some(error) = first_error else {
             return Ok(());
@@ -203,7 +203,7 @@ impl Driver {
                 Action::Finished => after.finished = true,
             }
         }
-        let deadline = core.sched.next_deadline();
+        let deadline = core.sched.next_deadline(now);
         if deadline.is_some_and(|d| core.clock_at.is_none_or(|at| d < at)) {
             core.clock_at = deadline;
             after.wake_clock = true;
@@ -330,9 +330,7 @@ fn run_clock(driver: &Weak<Driver>, wakes: &Receiver<()>) {
                 return;
             }
             let mut core = d.lock();
-            let until = core
-                .sched
-                .next_deadline()
+            let until = (core.sched.next_deadline(Instant::now()))
                 .map_or(next_check, |t| t.min(next_check));
             core.clock_at = Some(until);
             until
@@ -366,12 +364,15 @@ fn run_spawner(driver: &Weak<Driver>, asks: &Receiver<WorkerId>) {
         let links = d.transport.start(&ids, &events);
         for (w, link) in ids.into_iter().zip(links) {
             match link {
-                Ok(link) => d.run_core(|core, now| {
-                    // The link first, so that the scheduler's first actions
-                    // for the worker find it.
-                    core.links.insert(w, link);
-                    core.sched.started(w, now);
-                }),
+                Ok(link) => {
+                    d.run_core(|core, now| {
+                        // The link first, so that the scheduler's first
+                        // actions for the worker find it.
+                        core.links.insert(w, link.clone());
+                        core.sched.started(w, now);
+                    });
+                    link.activate();
+                }
                 Err(e) => d.run(|s, now| s.start_failed(w, e.to_string(), now)),
             }
         }

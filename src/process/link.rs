@@ -130,9 +130,30 @@ pub(crate) struct LocalLink {
     lifeline: Mutex<Option<IpcSender<()>>>,
     /// The reader thread, and the writer once it runs.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once the driver has registered the link: the reader reports
+    /// nothing before (see `Link`).
+    active: Mutex<bool>,
+    activated: Condvar,
     writer_started: std::sync::atomic::AtomicBool,
     pool: u64,
     me: Weak<LocalLink>,
+}
+
+/// The reader's way to the driver: it waits until the link is active.
+struct Reporter<'a> {
+    link: &'a LocalLink,
+    events: &'a Weak<dyn Events>,
+}
+
+impl Reporter<'_> {
+    fn upgrade(&self) -> Option<Arc<dyn Events>> {
+        let mut active = lock(&self.link.active);
+        while !*active {
+            active = (self.link.activated.wait(active)).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(active);
+        self.events.upgrade()
+    }
 }
 
 /// What the reader thread owns.
@@ -205,6 +226,8 @@ impl LocalLink {
             }),
             lifeline: Mutex::new(Some(hello.lifeline)),
             threads: Mutex::new(Vec::new()),
+            active: Mutex::new(false),
+            activated: Condvar::new(),
         });
         let reader = ReaderSide {
             replies: hello.replies,
@@ -346,6 +369,7 @@ impl LocalLink {
     /// The reader thread: reads replies until the channel ends, then reaps
     /// the worker and reports its death.
     fn read(&self, mut side: ReaderSide, events: &Weak<dyn Events>) {
+        let events = &Reporter { link: self, events };
         let bad = loop {
             // ipc-channel asserts on some system calls (out of file
             // descriptors while a big frame arrives): a panic there ends
@@ -395,7 +419,7 @@ impl LocalLink {
         &self,
         frame: &[u8],
         side: &mut ReaderSide,
-        events: &Weak<dyn Events>,
+        events: &Reporter<'_>,
     ) -> Result<(), String> {
         let mut reader = Reader::new(frame);
         while let Some(reply) = reader.reply().map_err(|e| e.to_string())? {
@@ -502,6 +526,11 @@ impl ReaderSide {
 }
 
 impl Link for LocalLink {
+    fn activate(&self) {
+        *lock(&self.active) = true;
+        self.activated.notify_all();
+    }
+
     fn enqueue(&self, tasks: Vec<Arc<RemoteTask>>) {
         let mut ob = lock(&self.outbox);
         for task in tasks {
@@ -599,6 +628,9 @@ impl Link for LocalLink {
     }
 
     fn abandon(&self) {
+        // Its reader may report to a driver that does not know it: that
+        // driver ignores it.
+        self.activate();
         self.signal(libc::SIGKILL);
         lock(&self.outbox).closed = true;
         self.wake.notify_all();

@@ -44,8 +44,9 @@
 //!   Otherwise the worker can run nothing but that task, so killing it costs
 //!   that task alone.
 //! * **stalled**: a worker whose head was taken back unstarted after the
-//!   batching window (stopped with SIGSTOP, or stuck in its initializer). It
-//!   gets work only when no other worker has room, until it answers.
+//!   batching window (stopped with SIGSTOP, or stuck in its initializer).
+//!   For a while ([`Config::stall`]), or until it answers, it gets work only
+//!   when no other worker has room, and is not counted as idle.
 //! * **worn out**: a worker that has been sent `max_tasks_per_child` tasks.
 //!   It gets nothing more and is told to exit once its last task is answered.
 //!
@@ -151,6 +152,8 @@ pub(crate) struct Config {
     /// How long a worker told to exit (or sent SIGTERM) has before it is
     /// killed.
     pub(crate) stop_grace: Duration,
+    /// How long a stalled worker is passed over.
+    pub(crate) stall: Duration,
 }
 
 impl Config {
@@ -166,6 +169,7 @@ impl Config {
             first_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_secs(1),
             stop_grace: Duration::from_secs(2),
+            stall: Duration::from_millis(50),
         }
     }
 }
@@ -333,7 +337,8 @@ struct Worker {
     sent: usize,
     /// It has answered something: it was a good start.
     proven: bool,
-    stalled: bool,
+    /// Stalled until then (see the module doc).
+    stalled: Option<Instant>,
 }
 
 impl Worker {
@@ -345,7 +350,7 @@ impl Worker {
             avg_micros: None,
             sent: 0,
             proven: false,
-            stalled: false,
+            stalled: None,
         }
     }
 
@@ -411,16 +416,19 @@ impl<H: Handle> Scheduler<H> {
         self.actions.pop_front()
     }
 
-    /// When [`tick`](Self::tick) should next be called, if ever.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+    /// When [`tick`](Self::tick) should next be called, if ever, as of
+    /// `now`.
+    pub(crate) fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        let idle = self.idle_worker_exists();
+        let idle = self.idle_worker_exists(now);
         for w in self.workers.values() {
+            // A stall that ends may let an idle worker take work back.
+            at(w.stalled.filter(|&t| t > now));
             match &w.state {
                 WorkerState::Live => {
                     at(self.limit_deadline(w));
@@ -472,17 +480,8 @@ impl<H: Handle> Scheduler<H> {
                 .collect();
             out.push_str(&format!("{id:?} {state} {tasks:?} since {:?}\n", w.since));
         }
-        out.push_str(&format!(
-            "waiting {} next {:?}\n",
-            self.waiting,
-            self.next_deadline()
-        ));
+        out.push_str(&format!("waiting {}\n", self.waiting));
         out
-    }
-
-    /// True while worker `w` is the scheduler's (not yet lost).
-    pub(crate) fn has_worker(&self, w: WorkerId) -> bool {
-        self.workers.contains_key(&w)
     }
 
     // ----- events from the user's threads -----
@@ -609,7 +608,7 @@ impl<H: Handle> Scheduler<H> {
         match error {
             None => {
                 worker.proven = true;
-                worker.stalled = false;
+                worker.stalled = None;
             }
             Some(reason) => {
                 // The worker exits after a failed initializer: whatever it
@@ -643,7 +642,7 @@ impl<H: Handle> Scheduler<H> {
     ) -> Option<H> {
         let worker = self.workers.get_mut(&w)?;
         worker.proven = true;
-        worker.stalled = false;
+        worker.stalled = None;
         worker.avg_micros = Some(match worker.avg_micros {
             None => micros,
             Some(old) => ((u64::from(old) * 7 + u64::from(micros)) / 8) as u32,
@@ -693,7 +692,9 @@ impl<H: Handle> Scheduler<H> {
                 Some(Doom::Limit(_)) => true,
                 _ => was_head && why == Some(Why::Rebalance),
             };
-            worker.stalled |= stalled;
+            if stalled {
+                worker.stalled = now.checked_add(self.cfg.stall);
+            }
             self.take_off(w, id, now);
             match (halt, target_of) {
                 // A task that never started is stopped without harm...
@@ -952,16 +953,16 @@ impl<H: Handle> Scheduler<H> {
 
     /// The worker the next task goes to: an idle one first, then the least
     /// busy, a stalled one last.
-    fn pick_worker(&self) -> Option<WorkerId> {
+    fn pick_worker(&self, now: Instant) -> Option<WorkerId> {
         (self.workers.iter())
             .filter(|(_, w)| self.room(w) > 0)
-            .min_by_key(|(&id, w)| (w.stalled, w.in_flight.len(), id))
+            .min_by_key(|(&id, w)| (stalled(w, now), w.in_flight.len(), id))
             .map(|(&id, _)| id)
     }
 
-    fn idle_worker_exists(&self) -> bool {
+    fn idle_worker_exists(&self, now: Instant) -> bool {
         (self.workers.values())
-            .any(|w| w.live() && w.in_flight.is_empty() && !w.stalled && self.room(w) > 0)
+            .any(|w| w.live() && w.in_flight.is_empty() && !stalled(w, now) && self.room(w) > 0)
     }
 
     /// The tasks of a worker that a rebalance may take back: those not
@@ -1003,7 +1004,7 @@ impl<H: Handle> Scheduler<H> {
         // Per worker, in the order first served: usually one or two.
         let mut batches: Vec<(WorkerId, Vec<H>)> = Vec::new();
         while let Some(id) = self.next_queued() {
-            let Some(w) = self.pick_worker() else {
+            let Some(w) = self.pick_worker(now) else {
                 break;
             };
             self.pop_queued();
@@ -1043,7 +1044,7 @@ impl<H: Handle> Scheduler<H> {
     /// that wait behind a task that has run for longer than the window (and
     /// that task itself, if it has not started: a stalled worker).
     fn rebalance(&mut self, now: Instant) {
-        if self.waiting > 0 || !self.idle_worker_exists() {
+        if self.waiting > 0 || !self.idle_worker_exists(now) {
             return;
         }
         let mut revokes = Vec::new();
@@ -1303,6 +1304,11 @@ impl<H: Handle> Scheduler<H> {
         }
         task.started_at.unwrap_or(w.since).checked_add(task.limit?)
     }
+}
+
+/// True while worker `w` is stalled.
+fn stalled(w: &Worker, now: Instant) -> bool {
+    w.stalled.is_some_and(|until| now < until)
 }
 
 /// `cause` with the number of runs filled in.

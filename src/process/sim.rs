@@ -134,8 +134,9 @@ struct SimWorker {
     /// The last time the scheduler heard of it: a send, a reply read, a
     /// revoke answered.
     last_news: Option<Instant>,
-    /// One of its heads was taken back unstarted: stalled until a reply.
-    stalled: bool,
+    /// One of its heads was taken back unstarted: stalled until then, or
+    /// until a reply.
+    stalled: Option<Instant>,
     /// The pool has read a reply of it.
     proven: bool,
     sent_total: usize,
@@ -349,7 +350,7 @@ impl World {
                     w.in_flight.retain(|&t| t != task);
                     w.sent_total -= 1;
                     if was_head {
-                        w.stalled = true;
+                        w.stalled = now.checked_add(self.cfg.stall);
                     }
                 }
                 w.last_news = Some(now);
@@ -457,7 +458,7 @@ impl World {
                 Some(**id) != except
                     && !self.gone.contains(id)
                     && !w.stop_asked
-                    && !w.stalled
+                    && w.stalled.is_none_or(|until| self.now >= until)
                     && w.in_flight.is_empty()
                     && max.is_none_or(|m| w.sent_total < m)
             })
@@ -670,7 +671,7 @@ impl World {
         };
         w.in_flight.retain(|&x| x != t);
         w.last_news = Some(now);
-        w.stalled = false;
+        w.stalled = None;
         w.proven = true;
         self.failed_in_a_row = 0;
         let micros = self.rng.below(5000) as u32;
@@ -784,7 +785,7 @@ impl World {
 
     /// What the clock thread does: tick once the deadline has come.
     fn tick_if_due(&mut self) {
-        while let Some(deadline) = self.sched.next_deadline() {
+        while let Some(deadline) = self.sched.next_deadline(self.now) {
             self.ticks += 1;
             if self.ticks > 20_000 {
                 self.fail("the clock ticks without end");

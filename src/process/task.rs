@@ -244,25 +244,14 @@ fn chunk_result<R: DeserializeOwned + 'static>(
     let Answer::Chunk { results, failure } = answer else {
         return Err(not_the_answer(name));
     };
+    // Item by item: a result that fails to decode ends its own item, and
+    // the items before it keep theirs.
     let what = || format!("the results of task {name:?}");
-    let values = catch_unwind(AssertUnwindSafe(|| codec::decode_seq::<R>(&results, what)));
-    let values = values.unwrap_or_else(|p| {
-        let detail = format!(
-            "its Deserialize panicked: {}",
-            crate::error::panic_message(&*p)
-        );
-        crate::error::drop_panic_payload(p);
-        Err(Error::Decode {
-            what: what(),
-            detail,
-        })
-    });
-    Ok(match values {
-        Ok(values) => {
-            let mut chunk: Chunk<R> = values.into_iter().map(Ok).collect();
-            chunk.extend(failure.map(|f| decode_outcome::<R>(f, name)));
-            chunk
-        }
-        Err(e) => vec![Err(e)],
-    })
+    let (values, broken) = codec::decode_seq_items::<R>(&results, what);
+    let mut chunk: Chunk<R> = values.into_iter().map(Ok).collect();
+    match broken {
+        Some(e) => chunk.push(Err(e)),
+        None => chunk.extend(failure.map(|f| decode_outcome::<R>(f, name))),
+    }
+    Ok(chunk)
 }

@@ -29,7 +29,15 @@ pub(crate) trait Transport: Send + Sync {
 }
 
 /// The pool's end of one worker.
+///
+/// A link reports nothing through [`Events`] until it is
+/// [`activate`](Link::activate)d: the driver first registers it, so that
+/// even a worker that dies at once is reported to a scheduler that knows
+/// it.
 pub(crate) trait Link: Send + Sync {
+    /// Lets the link report its worker's events from now on.
+    fn activate(&self);
+
     /// Queues these tasks for the worker, in order. Called under the
     /// scheduler's lock, so tasks reach a worker in the order the scheduler
     /// sent them; it must not block.
