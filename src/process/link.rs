@@ -467,18 +467,9 @@ impl LocalLink {
     /// Waits for the worker to exit (killing it after a grace), kills what
     /// is left of its process group, and reaps it.
     fn reap(&self) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + EXIT_GRACE;
-        let mut pause = Duration::from_micros(20);
-        loop {
-            {
-                let p = lock(&self.process);
-                if spawn::exited(&p.child) || std::time::Instant::now() >= deadline {
-                    break;
-                }
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
-        }
+        // Not under the lock: a kill meanwhile must not wait for this.
+        let pid = lock(&self.process).child.id();
+        spawn::wait_exited(pid, EXIT_GRACE);
         let mut p = lock(&self.process);
         let status = spawn::reap(&mut p.child, Duration::ZERO);
         p.reaped = true;

@@ -349,7 +349,12 @@ pub(crate) fn task_info(entry: &crate::registry::Entry) -> TaskInfo {
 /// True once `child` has exited; it is left unreaped (a zombie), so its
 /// process id, and the id of its process group, cannot be reused yet.
 pub(crate) fn exited(child: &Child) -> bool {
-    let pid: libc::id_t = child.id();
+    exited_pid(child.id())
+}
+
+/// [`exited`], by the process id of a child of ours that is not reaped.
+fn exited_pid(pid: u32) -> bool {
+    let pid: libc::id_t = pid;
     // SAFETY: a zeroed siginfo_t is a valid value, and waitid writes only
     // into it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -378,17 +383,55 @@ pub(crate) fn signal_group(child: &Child, signal: i32) {
     }
 }
 
-/// Waits up to `grace` for `child` to exit, then kills it; kills what is
-/// left of its process group (processes its tasks started); reaps it.
-pub(crate) fn reap(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now().checked_add(grace);
-    // A worker is usually gone within microseconds: look often at first,
-    // then back off.
+/// Waits up to `timeout` for our unreaped child `pid` to exit, leaving it
+/// unreaped; true if it has. Woken by the exit itself through a pidfd
+/// (Linux 5.3 and later), else looks now and then.
+pub(crate) fn wait_exited(pid: u32, timeout: Duration) -> bool {
+    if exited_pid(pid) || timeout.is_zero() {
+        return exited_pid(pid);
+    }
+    let deadline = Instant::now().checked_add(timeout);
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: pidfd_open only makes a descriptor; the pid is our
+        // child's, unreaped, so it names no other process.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if let Ok(fd) = libc::c_int::try_from(fd) {
+            if fd >= 0 {
+                while !exited_pid(pid as u32) {
+                    let left = deadline.map_or(Duration::from_secs(3600), |d| {
+                        d.saturating_duration_since(Instant::now())
+                    });
+                    if left.is_zero() {
+                        break;
+                    }
+                    let ms = libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX);
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: poll reads and writes only `pfd`.
+                    unsafe { libc::poll(&mut pfd, 1, ms) };
+                }
+                // SAFETY: `fd` is ours, opened above, closed once.
+                unsafe { libc::close(fd) };
+                return exited_pid(pid as u32);
+            }
+        }
+    }
+    // No pidfd: look often at first, then back off.
     let mut pause = Duration::from_micros(20);
-    while !exited(child) && deadline.is_some_and(|d| Instant::now() < d) {
+    while !exited_pid(pid) && deadline.is_none_or(|d| Instant::now() < d) {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(5));
     }
+    exited_pid(pid)
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it; kills what is
+/// left of its process group (processes its tasks started); reaps it.
+pub(crate) fn reap(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    wait_exited(child.id(), grace);
     signal_group(child, libc::SIGKILL);
     child.wait().ok()
 }
