@@ -368,6 +368,32 @@ fn a_done_callback_sees_its_process_future_done() {
     let _ = std::fs::remove_file(&flag);
 }
 
+fn dropping_the_executor_on_its_own_thread_lets_queued_work_finish() {
+    let ex = builder(1).build().unwrap();
+    let flag = flag_file("drop-on-own-thread");
+    let release = Release(flag.clone());
+    let first = ex
+        .submit_named::<String, u64>("wait_for_file", flag.clone())
+        .unwrap();
+    let later: Vec<_> = (0..5u64)
+        .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+        .collect();
+    // The last clone of the executor goes into a done callback, which runs
+    // on one of the pool's own threads: dropping it there cannot wait.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let last = std::sync::Mutex::new(Some(ex));
+    first.add_done_callback(move |_| {
+        drop(last.lock().unwrap().take());
+        let _ = tx.send(());
+    });
+    drop(release);
+    rx.recv_timeout(LONG).unwrap();
+    for (i, f) in later.into_iter().enumerate() {
+        assert_eq!(f.result_timeout(LONG), Ok((i * i) as u64));
+    }
+    eventually("the workers to exit", || children().is_empty());
+}
+
 fn running_out_of_file_descriptors_is_named() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env(FEW_FDS_ENV, "1")
@@ -481,6 +507,10 @@ fn main() {
         (
             "a_done_callback_sees_its_process_future_done",
             a_done_callback_sees_its_process_future_done,
+        ),
+        (
+            "dropping_the_executor_on_its_own_thread_lets_queued_work_finish",
+            dropping_the_executor_on_its_own_thread_lets_queued_work_finish,
         ),
         (
             "running_out_of_file_descriptors_is_named",

@@ -15,6 +15,8 @@
 //! idle worker) and now and then asks each link to look for a death its
 //! channel missed; and the **spawner**, started on the first replacement,
 //! which starts workers (the handshake can take up to `connect_timeout`).
+//! The clock keeps the driver alive until the pool has finished, even once
+//! the executor is gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -89,10 +91,13 @@ impl Driver {
             finished_cv: Condvar::new(),
             me: me.clone(),
         });
-        let me = Arc::downgrade(&driver);
+        // The clock holds the driver until the pool has finished, so that a
+        // pool whose executor is dropped without waiting (on one of its own
+        // threads) still finishes its work.
+        let d = driver.clone();
         std::thread::Builder::new()
             .name(format!("twinpool-{pool}-clock"))
-            .spawn(move || run_clock(&me, &ticks))
+            .spawn(move || run_clock(&d, &ticks))
             .map_err(|e| Error::Spawn {
                 reason: format!("could not start the pool's clock thread: {e}"),
             })?;
@@ -321,11 +326,10 @@ impl Events for Driver {
 
 /// The clock thread: ticks the scheduler at its deadlines, and has links
 /// look for deaths now and then, until the pool finishes.
-fn run_clock(driver: &Weak<Driver>, wakes: &Receiver<()>) {
+fn run_clock(d: &Arc<Driver>, wakes: &Receiver<()>) {
     let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
         let until = {
-            let Some(d) = driver.upgrade() else { return };
             if d.is_finished() {
                 return;
             }
@@ -340,7 +344,6 @@ fn run_clock(driver: &Weak<Driver>, wakes: &Receiver<()>) {
             Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }
-        let Some(d) = driver.upgrade() else { return };
         d.run(|s, now| s.tick(now));
         if Instant::now() >= next_check {
             next_check = Instant::now() + CHECK_EVERY;

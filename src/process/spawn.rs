@@ -404,7 +404,8 @@ pub(crate) fn wait_exited(pid: u32, timeout: Duration) -> bool {
                     if left.is_zero() {
                         break;
                     }
-                    let ms = libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX);
+                    let ms =
+                        libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX);
                     let mut pfd = libc::pollfd {
                         fd,
                         events: libc::POLLIN,
