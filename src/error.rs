@@ -119,8 +119,9 @@ pub enum Error {
         detail: String,
     },
 
-    /// A worker process could not be started or did not connect.
-    #[error("could not start a worker process: {reason}")]
+    /// A worker could not be started: a process (or it did not connect),
+    /// or a thread of a thread pool.
+    #[error("could not start a worker: {reason}")]
     Spawn {
         /// What went wrong and what to check.
         reason: String,

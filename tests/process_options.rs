@@ -19,6 +19,9 @@ use proc_common as common;
 const WIDE_ENV: &str = "TWINPOOL_TEST_WIDE_JOB";
 /// Set in the child program that runs out of file descriptors.
 const FEW_FDS_ENV: &str = "TWINPOOL_TEST_FEW_FDS";
+/// Set in the child program whose pool's task starts a process, and which
+/// is then killed: the directory for the task.
+const DOOMED_PARENT_ENV: &str = "TWINPOOL_TEST_DOOMED_PARENT";
 
 /// A task argument whose layout depends on the process: in a worker started
 /// with `WIDE_ENV` it reads two fields, as a `Job` of another build would.
@@ -394,6 +397,37 @@ fn dropping_the_executor_on_its_own_thread_lets_queued_work_finish() {
     eventually("the workers to exit", || children().is_empty());
 }
 
+fn the_parents_death_ends_the_processes_a_task_started() {
+    let dir = task_dir("doomed-parent");
+    let mut parent = Command::new(std::env::current_exe().unwrap())
+        .env(DOOMED_PARENT_ENV, &dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeper = sleeper_pid(&dir);
+    assert!(alive(sleeper));
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    eventually(
+        "the task's own child to end with the pool's process",
+        || !alive(sleeper),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The child program of `the_parents_death_ends_the_processes_a_task_started`:
+/// a pool whose task starts a process and blocks, until this program is
+/// killed.
+fn be_a_doomed_parent(dir: &str) -> ! {
+    let ex = builder(1).build().unwrap();
+    let _busy = ex
+        .submit_named::<(String, bool), u32>("start_sleeper", (dir.to_string(), true))
+        .unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn running_out_of_file_descriptors_is_named() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env(FEW_FDS_ENV, "1")
@@ -463,6 +497,9 @@ fn main() {
     if std::env::var_os(FEW_FDS_ENV).is_some() {
         start_with_few_fds();
     }
+    if let Ok(dir) = std::env::var(DOOMED_PARENT_ENV) {
+        be_a_doomed_parent(&dir);
+    }
     common::run(&[
         (
             "retries_run_a_task_again_after_its_worker_dies",
@@ -511,6 +548,10 @@ fn main() {
         (
             "dropping_the_executor_on_its_own_thread_lets_queued_work_finish",
             dropping_the_executor_on_its_own_thread_lets_queued_work_finish,
+        ),
+        (
+            "the_parents_death_ends_the_processes_a_task_started",
+            the_parents_death_ends_the_processes_a_task_started,
         ),
         (
             "running_out_of_file_descriptors_is_named",
