@@ -207,10 +207,11 @@ impl Executor {
     }
 
     /// [`submit_named`](Self::submit_named) with a time limit for this task
-    /// (overriding [`Builder::task_timeout`]): a process task that runs
-    /// longer has its worker killed and replaced, and ends in
-    /// [`Error::TaskTimedOut`]. A thread cannot be stopped from outside, so a
-    /// thread pool returns [`Error::Unsupported`]; wait with
+    /// (overriding [`Builder::task_timeout`]), counted from when its worker
+    /// starts it: a process task that runs longer has its worker killed and
+    /// replaced, and ends in [`Error::TaskTimedOut`]; no other task is
+    /// harmed. `Duration::MAX` is no limit. A thread cannot be stopped from
+    /// outside, so a thread pool returns [`Error::Unsupported`]; wait with
     /// [`Future::result_timeout`] there instead.
     pub fn submit_named_timeout<A, R>(
         &self,
@@ -255,8 +256,11 @@ impl Executor {
 
     /// Stops every worker process at once with SIGTERM, as Python 3.14's
     /// `ProcessPoolExecutor.terminate_workers`: the pool shuts down, queued
-    /// tasks are cancelled and running ones end in [`Error::Killed`].
-    /// Returns when the workers are gone. A thread pool returns
+    /// tasks are cancelled, tasks handed to a worker that had not started
+    /// are taken back and never run, and running ones end in
+    /// [`Error::Killed`] at once. The signal goes to each worker's whole
+    /// process group; a worker still there after a grace of 2 seconds is
+    /// killed. Returns when the workers are gone. A thread pool returns
     /// [`Error::Unsupported`].
     pub fn terminate_workers(&self) -> Result<(), Error> {
         self.signal_workers(15)

@@ -120,17 +120,20 @@ impl<T: Send + 'static> Future<T> {
 
     /// Stops the task, even one already running in a worker process.
     ///
-    /// A task that has not started is cancelled, as by [`cancel`](Self::cancel).
-    /// A process task that runs has its worker process killed (the pool
-    /// starts a replacement and re-sends the other tasks that worker held);
-    /// its future ends in [`Error::Killed`] shortly after this returns. A
+    /// A task still queued is cancelled, as by [`cancel`](Self::cancel). A
     /// process task that was handed to a worker but had not started there
-    /// ends in `Killed` at once; the worker may still run it, and its result
-    /// is dropped.
+    /// is taken back: it never runs, and ends in [`Error::Killed`] ("before
+    /// it started") before this returns. A process task that runs has its
+    /// worker killed, with every process of the worker's group (the pool
+    /// starts a replacement; the tasks the worker held and had not started
+    /// run elsewhere); it ends in `Killed` before this returns, and the
+    /// worker is gone shortly after. Which of the two it was is decided
+    /// exactly, by the claim the worker must win before it starts a task.
     ///
     /// Returns true if the task was cancelled or is being stopped; false if
     /// it had finished, or if it runs on a thread, which cannot be stopped
-    /// from outside.
+    /// from outside. A task that finishes just as it is killed may end with
+    /// its result even though this returned true.
     pub fn kill(&self) -> bool {
         if self.cancel() {
             return true;
