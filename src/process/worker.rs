@@ -133,16 +133,6 @@ fn serve(registry: &Registry, connect: IpcSender<Hello>, limit: Option<u64>) -> 
     if let Some(limit) = limit {
         watch_for_out_of_memory(&claims, limit);
     }
-    std::thread::Builder::new()
-        .name("twinpool-lifeline".into())
-        .spawn(move || {
-            // Nothing is ever sent: this returns when the pool's end closes.
-            let _ = lifeline_rx.recv();
-            // SAFETY: kill(2) touches no memory; 0 is this process's group,
-            // which the pool made for this worker alone.
-            unsafe { libc::kill(0, libc::SIGKILL) };
-        })
-        .map_err(|e| format!("could not start the lifeline thread: {e}"))?;
     connect
         .send(Hello {
             version: PROTOCOL_VERSION,
@@ -158,6 +148,19 @@ fn serve(registry: &Registry, connect: IpcSender<Hello>, limit: Option<u64>) -> 
         })
         .map_err(|e| format!("could not send the handshake: {e}"))?;
     drop(connect);
+    // Started after the handshake, off the pool's path to its first task;
+    // a pool that died meanwhile has closed the lifeline already, which
+    // this thread then sees at once.
+    std::thread::Builder::new()
+        .name("twinpool-lifeline".into())
+        .spawn(move || {
+            // Nothing is ever sent: this returns when the pool's end closes.
+            let _ = lifeline_rx.recv();
+            // SAFETY: kill(2) touches no memory; 0 is this process's group,
+            // which the pool made for this worker alone.
+            unsafe { libc::kill(0, libc::SIGKILL) };
+        })
+        .map_err(|e| format!("could not start the lifeline thread: {e}"))?;
     Worker {
         registry,
         rx: request_rx,
