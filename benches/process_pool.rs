@@ -1,4 +1,4 @@
-//! Questions 2 to 6 of issue 5: the process back end next to procspawn, raw
+//! Questions 2 to 6 of the benchmarks: the process back end next to procspawn, raw
 //! ipc-channel and a raw pipe, plus the chunked map on both back ends.
 //!
 //! This bench program is its own worker: its `main` first lets a twinpool

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 5's questions answered by Python's concurrent.futures.
+"""The benchmarks' questions answered by Python's concurrent.futures.
 
 The same work as benches/thread_pool.rs and benches/process_pool.rs, with
 ThreadPoolExecutor and ProcessPoolExecutor (standard library only). Prints one

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs issue 5's benchmarks and writes benches/RESULTS.md and benches/chart.svg.
+"""Runs the benchmarks of the README's targets and writes benches/RESULTS.md and benches/chart.svg.
 
     python3 benches/report.py            # everything (a few minutes on 2 cores)
     python3 benches/report.py --no-run   # only rebuild the report from the
@@ -233,7 +233,7 @@ def machine():
 
 
 def targets(res):
-    """(description, measured text, met?) for each of issue 5's targets."""
+    """(description, measured text, met?) for each of the README's targets."""
 
     def get(g, n):
         return res.get((g, n))
@@ -384,7 +384,7 @@ def main():
     tg = targets(res)
 
     md = [
-        "# twinpool benchmarks (issue 5)",
+        "# twinpool benchmarks: the README's targets",
         "",
         f"Reproduce: `{COMMAND}` (from the repository root; about 5 minutes on 2 cores).",
         "",

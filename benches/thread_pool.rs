@@ -1,4 +1,4 @@
-//! Question 1 of issue 5: what does one trivial task cost on the thread back
+//! Question 1 of the benchmarks: what does one trivial task cost on the thread back
 //! end (submit + result, 2 workers), next to the usual Rust pools and to the
 //! raw limit of two threads pulling boxed closures from a crossbeam channel?
 //!

@@ -1,4 +1,4 @@
-//! Issue 6: where Python hangs, twinpool answers.
+//! Where Python hangs, twinpool answers.
 //!
 //! A task that blocks, without a timeout, on a task of its own pool that has
 //! not started runs it itself ("helping"); a wait that closes a cycle of

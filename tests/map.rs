@@ -105,7 +105,7 @@ fn map_stops_at_the_first_failed_item() {
 
 #[test]
 fn map_submits_everything_without_iteration() {
-    // CPython's test_map_submits_without_iteration (issue 11777).
+    // CPython's test_map_submits_without_iteration (bpo-11777).
     let ex = Executor::threads(2);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();

@@ -1,5 +1,5 @@
-//! Tasks that submit to their own pool and block on the result (issue 6,
-//! the part that is thread-pool behaviour): where Python's
+//! Tasks that submit to their own pool and block on the result (the
+//! part that is thread-pool behaviour): where Python's
 //! `ThreadPoolExecutor` hangs, a waiting task runs the pending subtask
 //! itself. tests/deadlock.rs covers the cycle detection in depth.
 //!

@@ -1,4 +1,4 @@
-//! Worker processes that fail cost one task, never the pool (issue 4). Each
+//! Worker processes that fail cost one task, never the pool. Each
 //! failure is caused for real; each test checks the exact error on the
 //! affected future and that the pool then still runs new tasks.
 
