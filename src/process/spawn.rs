@@ -16,6 +16,8 @@
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -74,17 +76,7 @@ pub(crate) fn start_many(
     registry: &Registry,
 ) -> Vec<Result<Connected, Error>> {
     let deadline = Instant::now().checked_add(opts.connect_timeout);
-    let mut starting = Vec::with_capacity(n);
-    let mut refused = None;
-    for _ in 0..n {
-        match start(opts) {
-            Ok(s) => starting.push(s),
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-        }
-    }
+    let (starting, refused) = start_in_parallel(opts, n);
     let mut results: Vec<Result<Connected, Error>> = starting
         .into_iter()
         .map(|s| {
@@ -97,6 +89,62 @@ pub(crate) fn start_many(
         results.resize_with(n, || Err(e.clone()));
     }
     results
+}
+
+/// Starts `n` workers, spreading the starts over up to one thread per CPU:
+/// `posix_spawn` waits until its child has exec'd, which takes long enough
+/// (half a millisecond and more) that doing it one after the other showed
+/// in a pool's start. After a refusal no more are started; the refusal is
+/// returned beside the workers that did start.
+fn start_in_parallel(opts: &StartOptions, n: usize) -> (Vec<Starting>, Option<Error>) {
+    let refused: Mutex<Option<Error>> = Mutex::new(None);
+    let next = AtomicUsize::new(0);
+    let share = || {
+        let mut mine = Vec::new();
+        while next.fetch_add(1, Ordering::Relaxed) < n {
+            if lock(&refused).is_some() {
+                break;
+            }
+            match start(opts) {
+                Ok(s) => mine.push(s),
+                Err(e) => {
+                    lock(&refused).get_or_insert(e);
+                    break;
+                }
+            }
+        }
+        mine
+    };
+    let helpers = std::thread::available_parallelism()
+        .map_or(1, |c| c.get())
+        .min(n)
+        .saturating_sub(1);
+    let starting = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..helpers)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("twinpool-start".into())
+                    .spawn_scoped(scope, share)
+                    .ok()
+            })
+            .collect();
+        let mut all = share();
+        for t in threads {
+            // `share` has no path that panics (every error is a value).
+            if let Ok(more) = t.join() {
+                all.extend(more);
+            }
+        }
+        all
+    });
+    (
+        starting,
+        refused.into_inner().unwrap_or_else(PoisonError::into_inner),
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Adds to a start error that this process has (nearly) run out of file
