@@ -555,13 +555,8 @@ impl<H: Handle> Scheduler<H> {
     pub(crate) fn terminate(&mut self, how: Stop, by: &'static str, now: Instant) {
         self.closing = true;
         self.terminating = true;
-        let queued: Vec<TaskId> = self
-            .queue
-            .drain(..)
-            .chain(self.returned.drain(..))
-            .collect();
-        for id in queued {
-            let Some(task) = self.tasks.get(&id).filter(|t| t.at == Place::Queued) else {
+        for id in self.drain_queued() {
+            let Some(task) = self.tasks.get(&id) else {
                 continue;
             };
             if !task.claimed && task.handle.cancel() {
@@ -875,20 +870,13 @@ impl<H: Handle> Scheduler<H> {
             return;
         }
         self.broken = Some(reason.clone());
-        let queued: Vec<TaskId> = self
-            .queue
-            .drain(..)
-            .chain(self.returned.drain(..))
-            .collect();
-        for id in queued {
-            if self.tasks.get(&id).is_some_and(|t| t.at == Place::Queued) {
-                self.fail(
-                    id,
-                    Error::BrokenPool {
-                        reason: reason.clone(),
-                    },
-                );
-            }
+        for id in self.drain_queued() {
+            self.fail(
+                id,
+                Error::BrokenPool {
+                    reason: reason.clone(),
+                },
+            );
         }
     }
 
@@ -971,6 +959,18 @@ impl<H: Handle> Scheduler<H> {
         (w.in_flight.iter().copied()).filter(move |t| {
             (self.tasks.get(t)).is_some_and(|t| !t.started && t.revoking.is_none())
         })
+    }
+
+    /// Empties the queues: the tasks still queued, returned ones first.
+    fn drain_queued(&mut self) -> Vec<TaskId> {
+        let ids: Vec<TaskId> = self
+            .returned
+            .drain(..)
+            .chain(self.queue.drain(..))
+            .collect();
+        ids.into_iter()
+            .filter(|id| self.tasks.get(id).is_some_and(|t| t.at == Place::Queued))
+            .collect()
     }
 
     /// The next queued task (returned ones first), dropping stale ids.
