@@ -527,10 +527,12 @@ impl Link for LocalLink {
         for task in tasks {
             let Some(slot) = ob.free_slots.pop() else {
                 // The scheduler keeps far fewer tasks in flight than there
-                // are slots; a task that finds none is answered as if its
-                // worker had started it, and is stopped with the worker.
-                log::error!("twinpool: a worker's claim table is full");
-                continue;
+                // are slots, so this does not happen; if it did, the worker
+                // is replaced, and its tasks that did not start (this one
+                // among them) run elsewhere.
+                log::error!("twinpool: a worker's claim table is full; replacing the worker");
+                self.signal(libc::SIGKILL);
+                break;
             };
             let claim = ClaimRef {
                 slot,

@@ -39,10 +39,14 @@
 //!   with a compare-and-swap on a claim word the worker must win before it
 //!   runs a task, see `claims.rs`.)
 //! * **doom**: killing a worker to stop its running task (a time limit or
-//!   `Future::kill`). The tasks behind the task are revoked first: if one
-//!   of them has started, the task has finished, and the doom is called off.
-//!   Otherwise the worker can run nothing but that task, so killing it costs
-//!   that task alone.
+//!   `Future::kill`). The task itself (unless it is known to run) and the
+//!   tasks behind it are revoked first. If the task is taken back, it had
+//!   not started: a kill ends it without harm, and a time limit, which
+//!   counts from the start, has not begun (it is sent again). If one of the
+//!   tasks behind it had started, the task has finished, and the doom is
+//!   called off. Otherwise the worker can run nothing but that task, so
+//!   killing it costs that task alone. A time limit counts from the start
+//!   time the transport reports with a failed revoke, when it does.
 //! * **stalled**: a worker whose head was taken back unstarted after the
 //!   batching window (stopped with SIGSTOP, or stuck in its initializer).
 //!   For a while ([`Config::stall`]), or until it answers, it gets work only
