@@ -161,7 +161,7 @@ fn serve(registry: &Registry, connect: IpcSender<Hello>, limit: Option<u64>) -> 
             unsafe { libc::kill(0, libc::SIGKILL) };
         })
         .map_err(|e| format!("could not start the lifeline thread: {e}"))?;
-    Worker {
+    Server {
         registry,
         rx: request_rx,
         tx: reply_tx,
@@ -264,7 +264,9 @@ fn address_space_pages() -> Option<u64> {
     Some(pages)
 }
 
-struct Worker<'a> {
+/// The worker's serving loop: its channels and what it keeps between
+/// tasks.
+struct Server<'a> {
     registry: &'a Registry,
     rx: IpcBytesReceiver,
     tx: IpcBytesSender,
@@ -285,7 +287,7 @@ struct Worker<'a> {
     out: Writer,
 }
 
-impl Worker<'_> {
+impl Server<'_> {
     fn run(mut self) -> Result<(), String> {
         loop {
             let frame = match self.rx.recv() {

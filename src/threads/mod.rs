@@ -202,7 +202,7 @@ impl ThreadPool {
 
     fn start_thread(&self, st: &mut State) -> Result<(), Error> {
         let name = format!("{}_{}", self.prefix, st.started);
-        let worker = Worker {
+        let worker = PoolThread {
             pool: self.id,
             name: name.clone(),
             rx: self.rx.clone(),
@@ -324,7 +324,7 @@ fn refusal(st: &State) -> Error {
 }
 
 /// One worker thread's loop.
-struct Worker {
+struct PoolThread {
     pool: u64,
     name: String,
     rx: Receiver<Queue>,
@@ -334,7 +334,7 @@ struct Worker {
     initializer: Option<Initializer>,
 }
 
-impl Worker {
+impl PoolThread {
     fn run(self) {
         deadlock::enter_worker(self.pool, self.name.clone());
         let initialized = match &self.initializer {
