@@ -30,6 +30,24 @@ pub(crate) fn encode<T: Serialize + 'static>(
     })
 }
 
+/// The bytes of a `Vec<u8>` or `String`, which are their own encoding,
+/// taken without a copy; any other value back.
+pub(crate) fn into_raw_bytes<T: 'static>(value: T) -> Result<Vec<u8>, T> {
+    let mut slot = Some(value);
+    let any = &mut slot as &mut dyn Any;
+    if let Some(bytes) = any.downcast_mut::<Option<Vec<u8>>>().and_then(Option::take) {
+        return Ok(bytes);
+    }
+    if let Some(text) = any.downcast_mut::<Option<String>>().and_then(Option::take) {
+        return Ok(text.into_bytes());
+    }
+    match slot {
+        Some(value) => Err(value),
+        // Not reached: the slot is emptied only on the paths that return.
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The bytes of a `Vec<u8>` or `String`, which are their own encoding.
 pub(crate) fn raw_bytes<T: 'static>(value: &T) -> Option<&[u8]> {
     let any = value as &dyn Any;

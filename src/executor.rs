@@ -250,7 +250,7 @@ impl Executor {
                 self.submit_work(Some(entry.name.clone()), work)
             }
             #[cfg(feature = "process")]
-            Backend::Processes(pool) => pool.submit(entry, &arg, limit),
+            Backend::Processes(pool) => pool.submit(entry, arg, limit),
         }
     }
 

@@ -190,7 +190,7 @@ impl ProcessPool {
     pub(crate) fn submit<A, R>(
         &self,
         entry: &Arc<Entry>,
-        arg: &A,
+        arg: A,
         limit: Option<Duration>,
     ) -> Result<Future<R>, Error>
     where

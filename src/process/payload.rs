@@ -18,14 +18,20 @@ use serde::{Deserialize, Serialize};
 
 /// Payloads of this many bytes or more cross in a shared-memory segment
 /// instead of inside the frame: one copy in, one copy out, and no trip
-/// through the socket.
-pub(crate) const BIG: usize = 1 << 20;
+/// through the socket. Chosen by measurement: through the socket a payload
+/// costs a copy into the frame, ipc-channel's fragments above ~200 KiB (a
+/// new socket pair each) and a copy out; at 64 KiB the segment already won,
+/// by about 1.5x on the 2-core machine of `benches/RESULTS.md`, and the
+/// frame stays small enough to be written without a thread hop.
+pub(crate) const BIG: usize = 64 << 10;
 
 /// Segments a process keeps for reuse (see [`Big`]).
 const SPARES: usize = 4;
 
-/// Segments larger than this are used once and unmapped, not kept.
-const MAX_KEPT: usize = 256 << 20;
+/// Segments up to this size are always kept for reuse; bigger ones only
+/// while all kept segments together stay under a quarter of the memory the
+/// system says is available (see [`Big::lend`]).
+const ALWAYS_KEPT: usize = 256 << 20;
 
 /// Where a big payload lies, sent on the side channel just before the frame
 /// that holds its [`Body::Shared`].
@@ -93,8 +99,8 @@ impl std::ops::Deref for Held {
 /// A segment is lent to one payload at a time, for as long as the payload
 /// lives (until its task is answered, or its worker is dead), so it is
 /// never overwritten while a worker may still read it. When every spare is
-/// lent, or the payload is over [`MAX_KEPT`] bytes, the payload gets a
-/// segment of its own, used once.
+/// lent, or the payload is too big to keep (see [`Big::lend`]), the payload
+/// gets a segment of its own, used once.
 ///
 /// The pool's arguments live in its queue until answered; a worker's
 /// results are dropped on its side as soon as they are sent, so the worker
@@ -251,12 +257,19 @@ impl Big {
     }
 
     /// Marks a free spare lent, preferring one whose segment holds `len`
-    /// bytes; `None` if every spare is lent or `len` is over [`MAX_KEPT`].
+    /// bytes; `None` if every spare is lent, or if `len` is over
+    /// [`ALWAYS_KEPT`] and keeping it would take more than a quarter of the
+    /// memory available.
     fn lend(len: usize) -> Option<Lent> {
-        if len > MAX_KEPT {
-            return None;
-        }
         let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        if len > ALWAYS_KEPT {
+            let kept: usize = (pool.iter())
+                .filter_map(|s| s.segment.as_ref().map(|m| m.len()))
+                .sum();
+            if kept.saturating_add(len) > available_memory() / 4 {
+                return None;
+            }
+        }
         let fits = |s: &Spare| s.segment.as_ref().is_some_and(|m| m.len() >= len);
         let i = (pool.iter())
             .position(|s| !s.lent && fits(s))
@@ -370,6 +383,16 @@ impl Sent {
             },
         }
     }
+}
+
+/// The memory the system says is available for new allocations
+/// (`MemAvailable` of `/proc/meminfo`), in bytes; 0 when it cannot say.
+fn available_memory() -> usize {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    (meminfo.lines())
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kib| kib.saturating_mul(1024))
 }
 
 /// A note that names what the receiver does not hold.

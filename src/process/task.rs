@@ -179,13 +179,15 @@ impl Handle for Arc<RemoteTask> {
     }
 }
 
-/// Encodes a task's argument, into a shared-memory segment when it is big
-/// (a big `Vec<u8>` or `String` is copied there directly).
-pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: &A) -> Result<Held, Error> {
+/// Encodes a task's argument, into a shared-memory segment when it is big.
+/// A `Vec<u8>` or `String` is its own encoding: it is moved, not copied (a
+/// big one is copied once, into the segment).
+pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Held, Error> {
     let what = || format!("the argument of task {:?}", entry.name);
-    let held = match codec::raw_bytes(arg).filter(|b| b.len() >= BIG) {
-        Some(raw) => Held::big(raw),
-        None => Held::new(codec::encode(arg, what)?),
+    let held = match codec::into_raw_bytes(arg) {
+        Ok(bytes) if bytes.len() >= BIG => Held::big(&bytes),
+        Ok(bytes) => Ok(Held::Bytes(bytes)),
+        Err(arg) => Held::new(codec::encode(&arg, what)?),
     };
     held.map_err(|detail| Error::Encode {
         what: what(),
