@@ -30,6 +30,13 @@ pub(crate) fn encode<T: Serialize + 'static>(
     })
 }
 
+/// Encodes `value` (not a `Vec<u8>` or `String`) into `buf` if it fits: its
+/// length, or `None` when it does not fit (or cannot be encoded: the
+/// caller's [`encode`] then says why).
+pub(crate) fn encode_into<T: Serialize>(value: &T, buf: &mut [u8]) -> Option<usize> {
+    postcard::to_slice(value, buf).ok().map(|used| used.len())
+}
+
 /// The bytes of a `Vec<u8>` or `String`, which are their own encoding,
 /// taken without a copy; any other value back.
 pub(crate) fn into_raw_bytes<T: 'static>(value: T) -> Result<Vec<u8>, T> {

@@ -290,12 +290,17 @@ enum Place {
     On(WorkerId),
 }
 
+/// A task that was never sent: only its handle and its limit, until it is.
+struct Fresh<H> {
+    handle: H,
+    limit: Option<Duration>,
+}
+
+/// A task that was sent (and claimed then), on a worker or returned.
 struct Task<H> {
     handle: H,
     limit: Option<Duration>,
     at: Place,
-    /// Claimed (marked running) when first sent.
-    claimed: bool,
     /// Times its worker died while running it.
     tries: u32,
     /// Known to have started on its worker (a revoke of it failed).
@@ -367,10 +372,13 @@ impl Worker {
 pub(crate) struct Scheduler<H> {
     cfg: Config,
     tasks: TaskMap<Task<H>>,
-    /// Tasks that came back unstarted: sent before `queue`.
+    /// Tasks that came back unstarted: sent before `queue`. (Stale ids of
+    /// tasks that ended meanwhile are skipped.)
     returned: VecDeque<TaskId>,
-    queue: VecDeque<TaskId>,
-    /// Tasks whose place is `Queued` (the queues may also hold stale ids).
+    /// Tasks never sent, in submit order: kept out of `tasks`, so that a
+    /// queued task costs only its entry here.
+    queue: VecDeque<Fresh<H>>,
+    /// Tasks waiting to be sent: `queue` and the live part of `returned`.
     waiting: usize,
     workers: BTreeMap<WorkerId, Worker>,
     /// Starts asked for and not yet answered.
@@ -506,23 +514,10 @@ impl<H: Handle> Scheduler<H> {
         if self.closing {
             return Err(Error::Shutdown);
         }
-        let id = task.id();
-        self.tasks.insert(
-            id,
-            Task {
-                handle: task,
-                limit,
-                at: Place::Queued,
-                claimed: false,
-                tries: 0,
-                started: false,
-                started_at: None,
-                finished: false,
-                revoking: None,
-                halt: None,
-            },
-        );
-        self.queue.push_back(id);
+        self.queue.push_back(Fresh {
+            handle: task,
+            limit,
+        });
         self.waiting += 1;
         self.after(now);
         Ok(())
@@ -539,15 +534,11 @@ impl<H: Handle> Scheduler<H> {
     pub(crate) fn shutdown(&mut self, cancel: bool, now: Instant) {
         self.closing = true;
         if cancel {
-            for id in self.queue.iter().chain(&self.returned) {
-                let Some(task) = self.tasks.get(id) else {
-                    continue;
-                };
-                if task.at == Place::Queued && !task.claimed && task.handle.cancel() {
-                    self.tasks.remove(id);
-                    self.waiting -= 1;
-                }
-            }
+            // Tasks never sent are cancelled; returned ones were sent, and
+            // run, as in Python, where a task handed to a worker is running.
+            let before = self.queue.len();
+            self.queue.retain(|t| !t.handle.cancel());
+            self.waiting -= before - self.queue.len();
         }
         self.after(now);
     }
@@ -559,16 +550,12 @@ impl<H: Handle> Scheduler<H> {
     pub(crate) fn terminate(&mut self, how: Stop, by: &'static str, now: Instant) {
         self.closing = true;
         self.terminating = true;
-        for id in self.drain_queued() {
-            let Some(task) = self.tasks.get(&id) else {
-                continue;
-            };
-            if !task.claimed && task.handle.cancel() {
-                self.tasks.remove(&id);
-                self.waiting -= 1;
-            } else {
-                self.fail(id, Halt::Terminate(by).error(false));
-            }
+        let (returned, fresh) = self.drain_queued();
+        for task in fresh {
+            task.handle.cancel();
+        }
+        for id in returned {
+            self.fail(id, Halt::Terminate(by).error(false));
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for w in ids {
@@ -874,13 +861,18 @@ impl<H: Handle> Scheduler<H> {
             return;
         }
         self.broken = Some(reason.clone());
-        for id in self.drain_queued() {
-            self.fail(
-                id,
-                Error::BrokenPool {
-                    reason: reason.clone(),
-                },
-            );
+        let (returned, fresh) = self.drain_queued();
+        let broken = || Error::BrokenPool {
+            reason: reason.clone(),
+        };
+        for id in returned {
+            self.fail(id, broken());
+        }
+        for task in fresh {
+            self.actions.push_back(Action::Fail {
+                task: task.handle,
+                error: broken(),
+            });
         }
     }
 
@@ -965,39 +957,29 @@ impl<H: Handle> Scheduler<H> {
         })
     }
 
-    /// Empties the queues: the tasks still queued, returned ones first.
-    fn drain_queued(&mut self) -> Vec<TaskId> {
-        let ids: Vec<TaskId> = self
-            .returned
-            .drain(..)
-            .chain(self.queue.drain(..))
-            .collect();
-        ids.into_iter()
+    /// Empties the queues: the returned tasks still queued (the caller
+    /// fails each), and the tasks never sent.
+    fn drain_queued(&mut self) -> (Vec<TaskId>, Vec<Fresh<H>>) {
+        let returned: Vec<TaskId> = self.returned.drain(..).collect();
+        let returned = (returned.into_iter())
             .filter(|id| self.tasks.get(id).is_some_and(|t| t.at == Place::Queued))
-            .collect()
+            .collect::<Vec<_>>();
+        let fresh: Vec<Fresh<H>> = self.queue.drain(..).collect();
+        // The returned ones stop waiting as they are failed.
+        self.waiting -= fresh.len();
+        (returned, fresh)
     }
 
-    /// The next queued task (returned ones first), dropping stale ids.
-    fn next_queued(&mut self) -> Option<TaskId> {
-        loop {
-            let from_returned = !self.returned.is_empty();
-            let q = if from_returned {
-                &mut self.returned
-            } else {
-                &mut self.queue
-            };
-            let &id = q.front()?;
+    /// Takes the next task to send off the queues (returned ones first):
+    /// its id, and for a task never sent, what it was submitted with.
+    fn pop_queued(&mut self) -> Option<(TaskId, Option<Fresh<H>>)> {
+        while let Some(id) = self.returned.pop_front() {
             if self.tasks.get(&id).is_some_and(|t| t.at == Place::Queued) {
-                return Some(id);
+                return Some((id, None));
             }
-            q.pop_front();
         }
-    }
-
-    fn pop_queued(&mut self) {
-        if self.returned.pop_front().is_none() {
-            self.queue.pop_front();
-        }
+        let fresh = self.queue.pop_front()?;
+        Some((fresh.handle.id(), Some(fresh)))
     }
 
     /// Sends queued tasks to workers with room, batched per worker.
@@ -1007,23 +989,36 @@ impl<H: Handle> Scheduler<H> {
         }
         // Per worker, in the order first served: usually one or two.
         let mut batches: Vec<(WorkerId, Vec<H>)> = Vec::new();
-        while let Some(id) = self.next_queued() {
+        while self.waiting > 0 {
             let Some(w) = self.pick_worker(now) else {
                 break;
             };
-            self.pop_queued();
+            let Some((id, fresh)) = self.pop_queued() else {
+                break;
+            };
             self.waiting -= 1;
+            if let Some(Fresh { handle, limit }) = fresh {
+                if !handle.claim() {
+                    continue; // cancelled by its owner: it has ended already
+                }
+                self.tasks.insert(
+                    id,
+                    Task {
+                        handle,
+                        limit,
+                        at: Place::Queued,
+                        tries: 0,
+                        started: false,
+                        started_at: None,
+                        finished: false,
+                        revoking: None,
+                        halt: None,
+                    },
+                );
+            }
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
-            if !task.claimed {
-                if !task.handle.claim() {
-                    // Cancelled by its owner: it has ended already.
-                    self.tasks.remove(&id);
-                    continue;
-                }
-                task.claimed = true;
-            }
             task.at = Place::On(w);
             let handle = task.handle.clone();
             let Some(worker) = self.workers.get_mut(&w) else {

@@ -28,9 +28,15 @@ use crate::{codec, Error};
 pub(crate) enum Payload {
     /// One argument.
     One(Held),
+    /// One argument of up to [`SMALL`] bytes, kept inline: a queued task
+    /// with a small argument (most of them) needs no second allocation.
+    Small([u8; SMALL], u8),
     /// A chunk of a map: the encoded `Vec` of its arguments.
     Chunk(Held),
 }
+
+/// The most bytes of an argument kept inline in its task.
+pub(crate) const SMALL: usize = 23;
 
 /// A worker's answer to one task or one chunk.
 pub(crate) enum Answer {
@@ -44,7 +50,7 @@ pub(crate) enum Answer {
 }
 
 /// The future's side of a task, with its result type erased.
-trait Completion: Send + Sync {
+pub(crate) trait Completion: Send + Sync {
     fn claim(&self) -> bool;
     fn cancel(&self) -> bool;
     fn fail(&self, err: Error);
@@ -91,12 +97,14 @@ impl<T: Send + 'static> Completion for Typed<T> {
     }
 }
 
-/// A task of a process pool; see the module doc.
-pub(crate) struct RemoteTask {
+/// A task of a process pool; see the module doc. Its future's side is its
+/// last field, so that one allocation holds it all (`Arc<RemoteTask>` is
+/// `Arc<RemoteTask<dyn Completion>>`).
+pub(crate) struct RemoteTask<C: ?Sized = dyn Completion> {
     id: TaskId,
     name: Arc<str>,
     payload: Payload,
-    job: Box<dyn Completion>,
+    job: C,
 }
 
 impl RemoteTask {
@@ -104,9 +112,9 @@ impl RemoteTask {
     pub(crate) fn one<R: DeserializeOwned + Send + 'static>(
         shared: Counted<Shared<R>>,
         name: Arc<str>,
-        payload: Held,
+        payload: Payload,
     ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, name, Payload::One(payload), one_result::<R>)
+        RemoteTask::new(shared, name, payload, one_result::<R>)
     }
 
     /// A chunk of a map whose future is `shared`.
@@ -128,7 +136,7 @@ impl RemoteTask {
             id: shared.id(),
             name,
             payload,
-            job: Box::new(Typed { shared, decode }),
+            job: Typed { shared, decode },
         })
     }
 
@@ -146,24 +154,30 @@ impl RemoteTask {
     pub(crate) fn write(&self, w: &mut Writer, claim: ClaimRef) {
         match &self.payload {
             Payload::One(p) => w.run(self.id, claim, &self.name, BodyRef::of(p)),
+            Payload::Small(b, n) => {
+                let bytes = &b[..usize::from(*n)];
+                w.run(self.id, claim, &self.name, BodyRef::Inline(bytes));
+            }
             Payload::Chunk(p) => w.chunk(self.id, claim, &self.name, BodyRef::of(p)),
         }
     }
 
     /// About how many bytes its record takes in a frame.
     pub(crate) fn frame_bytes(&self) -> usize {
-        let (Payload::One(p) | Payload::Chunk(p)) = &self.payload;
-        let body = match p {
-            Held::Bytes(b) => b.len(),
-            Held::Shared(_) => 0,
+        let body = match &self.payload {
+            Payload::One(Held::Bytes(b)) | Payload::Chunk(Held::Bytes(b)) => b.len(),
+            Payload::Small(_, n) => usize::from(*n),
+            Payload::One(Held::Shared(_)) | Payload::Chunk(Held::Shared(_)) => 0,
         };
         32 + self.name.len() + body
     }
 
     /// Its payload's shared-memory segment, if it has one.
     pub(crate) fn segment(&self) -> Option<&Big> {
-        let (Payload::One(p) | Payload::Chunk(p)) = &self.payload;
-        p.segment()
+        match &self.payload {
+            Payload::One(p) | Payload::Chunk(p) => p.segment(),
+            Payload::Small(..) => None,
+        }
     }
 }
 
@@ -179,17 +193,27 @@ impl Handle for Arc<RemoteTask> {
     }
 }
 
-/// Encodes a task's argument, into a shared-memory segment when it is big.
-/// A `Vec<u8>` or `String` is its own encoding: it is moved, not copied (a
-/// big one is copied once, into the segment).
-pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Held, Error> {
+/// Encodes a task's argument: inline when it is small, into a shared-memory
+/// segment when it is big. A `Vec<u8>` or `String` is its own encoding: it
+/// is moved, not copied (a big one is copied once, into the segment).
+pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Payload, Error> {
     let what = || format!("the argument of task {:?}", entry.name);
-    let held = match codec::into_raw_bytes(arg) {
-        Ok(bytes) if bytes.len() >= BIG => Held::big(&bytes),
-        Ok(bytes) => Ok(Held::Bytes(bytes)),
-        Err(arg) => Held::new(codec::encode(&arg, what)?),
+    let bytes = match codec::into_raw_bytes(arg) {
+        Ok(bytes) => bytes,
+        Err(arg) => {
+            let mut small = [0u8; SMALL];
+            match codec::encode_into(&arg, &mut small) {
+                Some(n) => return Ok(Payload::Small(small, n as u8)),
+                None => codec::encode(&arg, what)?,
+            }
+        }
     };
-    held.map_err(|detail| Error::Encode {
+    let held = if bytes.len() >= BIG {
+        Held::big(&bytes)
+    } else {
+        Ok(Held::Bytes(bytes))
+    };
+    held.map(Payload::One).map_err(|detail| Error::Encode {
         what: what(),
         detail,
     })
