@@ -529,6 +529,52 @@ fn q5_transfer_64mib(c: &mut Criterion, one: &Executor) {
     g.finish();
 }
 
+/// The payload sizes of Q7, with their labels.
+const PAYLOADS: [(&str, usize); 8] = [
+    ("1kib", 1 << 10),
+    ("16kib", 16 << 10),
+    ("64kib", 64 << 10),
+    ("256kib", 256 << 10),
+    ("1mib", 1 << 20),
+    ("16mib", 16 << 20),
+    ("256mib", 256 << 20),
+    ("1gib", 1 << 30),
+];
+
+/// Q7: a `Vec<u8>` of each size to a worker and its length back, one at a
+/// time, beside raw ipc-channel bytes carrying the same bytes.
+fn q7_payloads(c: &mut Criterion, one: &Executor) {
+    let child = raw::IpcChild::start();
+    for (label, size) in PAYLOADS {
+        let mut g = c.benchmark_group(format!("q7_payload_{label}"));
+        configure(&mut g);
+        g.throughput(Throughput::Bytes(size as u64));
+        let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        // The argument is moved into the task, so each iteration gets a
+        // fresh copy, made outside the timing (an allocation that size
+        // costs the raw peer nothing it would not pay anyway).
+        g.bench_function("twinpool", |b| {
+            b.iter_batched(
+                || data.clone(),
+                |v| {
+                    let n = one
+                        .submit_named::<Vec<u8>, u64>("len", v)
+                        .expect("submit")
+                        .result()
+                        .expect("result");
+                    assert_eq!(n, size as u64);
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function("raw_ipc_channel", |b| {
+            b.iter(|| assert_eq!(child.round_trip(&data), size as u64))
+        });
+        g.finish();
+    }
+    drop(child);
+}
+
 /// Q6: start a pool of 2 workers, run 2 tasks, shut it down.
 ///
 /// Measured twice: in the fresh bench process (the headline, as in a
@@ -587,6 +633,7 @@ fn main() {
     q2_process_pipelined(&mut c, &one);
     q3_process_round_trip(&mut c, &one);
     q5_transfer_64mib(&mut c, &one);
+    q7_payloads(&mut c, &one);
     drop(one);
     q4_chunked_map(&mut c);
     let heap: Vec<u8> = vec![1; 256 << 20];

@@ -43,9 +43,11 @@ use crate::{deadlock, Error, Registry};
 /// A frame is sent once it reaches this size, so one huge batch does not
 /// wait for the rest.
 const FRAME_BYTES: usize = 1 << 20;
-/// The most bytes the submitting thread writes itself: far below a
-/// socket's buffer, so that the write cannot block.
-const DIRECT_BYTES: usize = 64 << 10;
+/// The most bytes the submitting thread writes itself: a frame that holds
+/// any payload small enough to go inside it (`payload::BIG`), and still
+/// less than a socket's buffer (about 208 KiB here), so that a write to a
+/// worker that has read every earlier frame cannot block.
+const DIRECT_BYTES: usize = 160 << 10;
 /// How long a worker whose channel ended has to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 

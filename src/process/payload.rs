@@ -18,12 +18,12 @@ use serde::{Deserialize, Serialize};
 
 /// Payloads of this many bytes or more cross in a shared-memory segment
 /// instead of inside the frame: one copy in, one copy out, and no trip
-/// through the socket. Chosen by measurement: through the socket a payload
-/// costs a copy into the frame, ipc-channel's fragments above ~200 KiB (a
-/// new socket pair each) and a copy out; at 64 KiB the segment already won,
-/// by about 1.5x on the 2-core machine of `benches/RESULTS.md`, and the
-/// frame stays small enough to be written without a thread hop.
-pub(crate) const BIG: usize = 64 << 10;
+/// through the socket. Chosen by measurement (a probe alternating builds
+/// with 64, 128 and 256 KiB, medians of 5 runs, each size beside raw
+/// ipc-channel bytes): a payload of 64 KiB went faster inside the frame,
+/// one of 256 KiB and more in a segment, and through the socket a payload
+/// above ~200 KiB is cut into fragments over a fresh socket pair each.
+pub(crate) const BIG: usize = 128 << 10;
 
 /// Segments a process keeps for reuse (see [`Big`]).
 const SPARES: usize = 4;
