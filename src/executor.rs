@@ -254,6 +254,22 @@ impl Executor {
         }
     }
 
+    /// Bytes that many tasks read, made once: a [`Shared`](crate::Shared)
+    /// to pass (or put inside) each task's argument. In a process pool
+    /// the bytes lie in one shared-memory segment that each worker maps
+    /// the first time one of its tasks carries the handle, so 100 tasks
+    /// reading the same 256 MiB cost one copy, not 100. In a thread pool
+    /// it is an `Arc`. The handle works with every pool, not only this one;
+    /// this is [`Shared::new`](crate::Shared::new) by another name, the
+    /// counterpart of Dask's `scatter`.
+    ///
+    /// Fails only when the system cannot give a shared-memory segment that
+    /// size ([`Error::Encode`] says why); it does not fail after
+    /// [`shutdown`](Self::shutdown).
+    pub fn share(&self, bytes: impl AsRef<[u8]>) -> Result<crate::Shared, Error> {
+        crate::Shared::new(bytes.as_ref())
+    }
+
     /// Stops every worker process at once with SIGTERM, as Python 3.14's
     /// `ProcessPoolExecutor.terminate_workers`: the pool shuts down, queued
     /// tasks are cancelled, tasks handed to a worker that had not started
@@ -399,7 +415,7 @@ impl Executor {
             Backend::Processes(_) => {
                 let ex = self.clone();
                 Ok(Box::new(move |items: Vec<A>| match &ex.inner.backend {
-                    Backend::Processes(pool) => pool.submit_chunk(&entry, &items),
+                    Backend::Processes(pool) => pool.submit_chunk(&entry, items),
                     Backend::Threads(_) => Err(Error::Shutdown),
                 }))
             }

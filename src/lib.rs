@@ -50,6 +50,7 @@ mod recycle;
 mod registry;
 #[cfg(feature = "process")]
 mod schema;
+mod shared;
 mod sync;
 mod threads;
 mod wait;
@@ -59,6 +60,7 @@ pub use executor::{Builder, Executor};
 pub use future::Future;
 pub use map::{Map, MapOptions};
 pub use registry::Registry;
+pub use shared::Shared;
 pub use wait::{as_completed, try_wait, wait, AsCompleted, ReturnWhen, Waited};
 
 #[cfg(feature = "process")]

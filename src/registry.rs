@@ -206,8 +206,8 @@ fn chunk_call<A, R>(
     bytes: &[u8],
 ) -> (Vec<u8>, Option<Error>)
 where
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
     let items: Vec<A> =
         match crate::codec::decode_seq(bytes, || format!("the arguments of task {name:?}")) {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::payload::{Held, Note};
 
 /// Bumped whenever the frames or the handshake change.
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+pub(crate) const PROTOCOL_VERSION: u32 = 5;
 
 /// The environment variable that tells a process it is a pool's worker: the
 /// name of the pool's one-shot server to connect to.
@@ -146,6 +146,13 @@ pub(crate) enum Request {
     },
     /// Finish and exit.
     Exit,
+    /// The next [`Note`] on the side channel holds the segment of the
+    /// [`Shared`](crate::Shared) handle `(origin, id)` of `len` bytes: keep
+    /// it mapped until told to forget it. Written before the first task
+    /// record that carries the handle.
+    Share { origin: u32, id: u64, len: u64 },
+    /// The pool holds the handle `(origin, id)` no more: let it go.
+    Forget { origin: u32, id: u64 },
 }
 
 /// How one call ended in the worker.
@@ -201,6 +208,8 @@ const CHUNK: u8 = 3;
 const EXIT: u8 = 4;
 const DONE: u8 = 5;
 const CHUNK_DONE: u8 = 6;
+const SHARE: u8 = 7;
+const FORGET: u8 = 8;
 const OK: u8 = 1;
 const PANICKED: u8 = 2;
 const FAILED_DECODE: u8 = 3;
@@ -276,6 +285,17 @@ impl Writer {
                 payload,
             } => self.chunk(*id, *claim, name, payload.as_ref()),
             Request::Exit => self.u8(EXIT),
+            Request::Share { origin, id, len } => {
+                self.u8(SHARE);
+                self.u32(*origin);
+                self.u64(*id);
+                self.u64(*len);
+            }
+            Request::Forget { origin, id } => {
+                self.u8(FORGET);
+                self.u32(*origin);
+                self.u64(*id);
+            }
         }
     }
 
@@ -452,6 +472,15 @@ impl<'a> Reader<'a> {
                 payload: self.body()?,
             },
             EXIT => Request::Exit,
+            SHARE => Request::Share {
+                origin: self.u32()?,
+                id: self.u64()?,
+                len: self.u64()?,
+            },
+            FORGET => Request::Forget {
+                origin: self.u32()?,
+                id: self.u64()?,
+            },
             _ => return Err(BadFrame("unknown request tag")),
         }))
     }
@@ -544,6 +573,12 @@ mod tests {
                 name: "add".into(),
                 payload: Body::Inline(vec![3, 1, 2, 3]),
             },
+            Request::Share {
+                origin: 12,
+                id: u64::MAX,
+                len: 1 << 40,
+            },
+            Request::Forget { origin: 12, id: 5 },
             Request::Exit,
         ]
     }

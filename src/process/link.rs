@@ -21,7 +21,8 @@
 //! doing. Kills go to the worker's whole process group, and only while the
 //! worker is unreaped, so the group id is still its own.
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,7 @@ use super::scheduler::{Death, Revoked, Stop, TaskId, TaskMap, WorkerId};
 use super::spawn::{self, Connected, StartOptions};
 use super::task::{Answer, RemoteTask};
 use super::transport::{Events, Link, Transport};
+use crate::shared::{Key, Watch};
 use crate::{deadlock, Error, Registry};
 
 /// A frame is sent once it reaches this size, so one huge batch does not
@@ -102,6 +104,9 @@ struct Wire {
     big: IpcSender<Note>,
     /// Which of this process's segments the worker holds.
     sent: Sent,
+    /// The [`Shared`](crate::Shared) handles the worker was handed, watched
+    /// so that it is told to forget each once the pool holds it no more.
+    shares: HashMap<Key, Watch>,
     /// A write failed: the worker is gone.
     broken: bool,
     /// Reused from batch to batch: what is being written, and the frame.
@@ -217,6 +222,7 @@ impl LocalLink {
                 requests: hello.requests,
                 big: hello.big_requests,
                 sent: Sent::default(),
+                shares: HashMap::new(),
                 broken: false,
                 batch: VecDeque::new(),
                 frame: Writer::default(),
@@ -313,6 +319,7 @@ impl LocalLink {
             requests,
             big,
             sent,
+            shares,
             broken,
             batch,
             frame,
@@ -321,12 +328,31 @@ impl LocalLink {
             batch.clear();
             return;
         }
+        if !shares.is_empty() {
+            shares.retain(|&Key { origin, id }, watch| {
+                let gone = watch.is_gone();
+                if gone {
+                    frame.request(&Request::Forget { origin, id });
+                }
+                !gone
+            });
+        }
         let mut notes = Vec::new();
         for item in batch.drain(..) {
             match item {
                 Item::Init { name, payload } => frame.request(&Request::Init { name, payload }),
                 Item::Exit => frame.request(&Request::Exit),
                 Item::Task(task, claim) => {
+                    for handle in task.shares() {
+                        let key = handle.key();
+                        if let Slot::Vacant(held) = shares.entry(key) {
+                            held.insert(handle.watch());
+                            let (origin, id) = (key.origin, key.id);
+                            let len = handle.len() as u64;
+                            frame.request(&Request::Share { origin, id, len });
+                            notes.push(Note::whole(handle.segment()));
+                        }
+                    }
                     notes.extend(task.segment().map(|b| sent.note(b)));
                     task.write(frame, claim);
                 }

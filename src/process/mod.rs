@@ -209,11 +209,13 @@ impl ProcessPool {
         Ok(future)
     }
 
-    /// Queues task `entry` on each of `items`, as one message and one task.
+    /// Queues task `entry` on each of `items`, as one message and one task
+    /// (a single item goes as a single task: see
+    /// [`RemoteTask::chunk_of_one`]).
     pub(crate) fn submit_chunk<A, R>(
         &self,
         entry: &Arc<Entry>,
-        items: &[A],
+        mut items: Vec<A>,
     ) -> Result<Future<Chunk<R>>, Error>
     where
         A: Serialize + Send + 'static,
@@ -225,8 +227,17 @@ impl ProcessPool {
             shared.complete(Err(entry.type_mismatch::<A, R>()));
             return Ok(future);
         }
-        let payload = task::encode_chunk(entry, items)?;
-        let task = RemoteTask::chunk(shared, entry.name.clone(), payload);
+        let task = match (items.pop(), items.is_empty()) {
+            (Some(one), true) => {
+                let payload = task::encode_arg(entry, one)?;
+                RemoteTask::chunk_of_one(shared, entry.name.clone(), payload)
+            }
+            (last, _) => {
+                items.extend(last);
+                let payload = task::encode_chunk(entry, &items)?;
+                RemoteTask::chunk(shared, entry.name.clone(), payload)
+            }
+        };
         self.driver.submit(task, self.task_timeout)?;
         Ok(future)
     }

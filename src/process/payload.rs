@@ -47,6 +47,30 @@ pub(crate) struct Note {
     segment: Option<IpcSharedMemory>,
 }
 
+impl Note {
+    /// A note that hands over a whole segment (of a
+    /// [`Shared`](crate::Shared) handle).
+    pub(crate) fn whole(segment: &IpcSharedMemory) -> Note {
+        Note {
+            spare: None,
+            len: segment.len() as u64,
+            segment: Some(segment.clone()),
+        }
+    }
+
+    /// The whole segment a note hands over, if it holds `len` bytes.
+    pub(crate) fn into_whole(self, len: u64) -> Result<IpcSharedMemory, BadNote> {
+        match self {
+            Note {
+                spare: None,
+                len: n,
+                segment: Some(segment),
+            } if n == len && segment.len() as u64 == len => Ok(segment),
+            _ => Err(BadNote("a shared handle came without its segment")),
+        }
+    }
+}
+
 /// A payload held in memory: bytes, or a shared-memory segment.
 pub(crate) enum Held {
     /// Small: the bytes, written inside the frame.

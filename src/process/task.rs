@@ -33,6 +33,38 @@ pub(crate) enum Payload {
     Small([u8; SMALL], u8),
     /// A chunk of a map: the encoded `Vec` of its arguments.
     Chunk(Held),
+    /// A payload whose encoding names [`Shared`](crate::Shared) handles:
+    /// they are kept here until the task is dropped, so that the pool still
+    /// holds them when their segments are handed to the worker.
+    Attached(Box<Attached>),
+}
+
+/// A payload with the shared handles it names.
+pub(crate) struct Attached {
+    payload: Payload,
+    shares: Vec<crate::Shared>,
+}
+
+impl Payload {
+    /// `self` with the handles its encoding named, if any.
+    fn attach(self, shares: Vec<crate::Shared>) -> Payload {
+        if shares.is_empty() {
+            self
+        } else {
+            Payload::Attached(Box::new(Attached {
+                payload: self,
+                shares,
+            }))
+        }
+    }
+
+    /// Without the handles.
+    fn bare(&self) -> &Payload {
+        match self {
+            Payload::Attached(a) => &a.payload,
+            p => p,
+        }
+    }
 }
 
 /// The most bytes of an argument kept inline in its task.
@@ -121,9 +153,20 @@ impl RemoteTask {
     pub(crate) fn chunk<R: DeserializeOwned + Send + 'static>(
         shared: Counted<Shared<Chunk<R>>>,
         name: Arc<str>,
-        items: Held,
+        items: Payload,
     ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, name, Payload::Chunk(items), chunk_result::<R>)
+        RemoteTask::new(shared, name, items, chunk_result::<R>)
+    }
+
+    /// A chunk of a map that holds one item: sent as a single task (its
+    /// argument encoded by [`encode_arg`], so big bytes are moved, not
+    /// encoded byte by byte), its answer made a chunk of one.
+    pub(crate) fn chunk_of_one<R: DeserializeOwned + Send + 'static>(
+        shared: Counted<Shared<Chunk<R>>>,
+        name: Arc<str>,
+        payload: Payload,
+    ) -> Arc<RemoteTask> {
+        RemoteTask::new(shared, name, payload, one_as_chunk::<R>)
     }
 
     fn new<T: Send + 'static>(
@@ -152,31 +195,41 @@ impl RemoteTask {
 
     /// Appends its record, with its claim, to a frame.
     pub(crate) fn write(&self, w: &mut Writer, claim: ClaimRef) {
-        match &self.payload {
+        match self.payload.bare() {
             Payload::One(p) => w.run(self.id, claim, &self.name, BodyRef::of(p)),
             Payload::Small(b, n) => {
                 let bytes = &b[..usize::from(*n)];
                 w.run(self.id, claim, &self.name, BodyRef::Inline(bytes));
             }
             Payload::Chunk(p) => w.chunk(self.id, claim, &self.name, BodyRef::of(p)),
+            Payload::Attached(_) => unreachable_attached(),
         }
     }
 
     /// About how many bytes its record takes in a frame.
     pub(crate) fn frame_bytes(&self) -> usize {
-        let body = match &self.payload {
+        let body = match self.payload.bare() {
             Payload::One(Held::Bytes(b)) | Payload::Chunk(Held::Bytes(b)) => b.len(),
             Payload::Small(_, n) => usize::from(*n),
             Payload::One(Held::Shared(_)) | Payload::Chunk(Held::Shared(_)) => 0,
+            Payload::Attached(_) => 0,
         };
         32 + self.name.len() + body
     }
 
     /// Its payload's shared-memory segment, if it has one.
     pub(crate) fn segment(&self) -> Option<&Big> {
-        match &self.payload {
+        match self.payload.bare() {
             Payload::One(p) | Payload::Chunk(p) => p.segment(),
-            Payload::Small(..) => None,
+            Payload::Small(..) | Payload::Attached(_) => None,
+        }
+    }
+
+    /// The shared handles its argument names.
+    pub(crate) fn shares(&self) -> &[crate::Shared] {
+        match &self.payload {
+            Payload::Attached(a) => &a.shares,
+            _ => &[],
         }
     }
 }
@@ -193,10 +246,21 @@ impl Handle for Arc<RemoteTask> {
     }
 }
 
+/// `attach` never nests, so a bare payload is never `Attached`.
+fn unreachable_attached() {
+    debug_assert!(false, "a payload attached twice");
+}
+
 /// Encodes a task's argument: inline when it is small, into a shared-memory
 /// segment when it is big. A `Vec<u8>` or `String` is its own encoding: it
-/// is moved, not copied (a big one is copied once, into the segment).
+/// is moved, not copied (a big one is copied once, into the segment). The
+/// [`Shared`](crate::Shared) handles it names are kept with it.
 pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Payload, Error> {
+    let (payload, shares) = crate::shared::collect(|| encode_bare(entry, arg));
+    Ok(payload?.attach(shares))
+}
+
+fn encode_bare<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Payload, Error> {
     let what = || format!("the argument of task {:?}", entry.name);
     let bytes = match codec::into_raw_bytes(arg) {
         Ok(bytes) => bytes,
@@ -219,13 +283,19 @@ pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: A) -> Resul
     })
 }
 
-/// Encodes the arguments of a chunk as one sequence.
-pub(crate) fn encode_chunk<A: Serialize>(entry: &Entry, items: &[A]) -> Result<Held, Error> {
+/// Encodes the arguments of a chunk as one sequence, with the
+/// [`Shared`](crate::Shared) handles they name.
+pub(crate) fn encode_chunk<A: Serialize + 'static>(
+    entry: &Entry,
+    items: &[A],
+) -> Result<Payload, Error> {
     let what = || format!("the arguments of task {:?}", entry.name);
-    Held::new(codec::encode_seq(items, what)?).map_err(|detail| Error::Encode {
+    let (bytes, shares) = crate::shared::collect(|| codec::encode_seq(items, what));
+    let held = Held::new(bytes?).map_err(|detail| Error::Encode {
         what: what(),
         detail,
-    })
+    })?;
+    Ok(Payload::Chunk(held).attach(shares))
 }
 
 fn not_the_answer(name: &str) -> Error {
@@ -257,6 +327,17 @@ fn one_result<R: DeserializeOwned + 'static>(answer: Answer, name: &str) -> Resu
     match answer {
         Answer::One(Ok(bytes)) => codec::decode(&bytes, || format!("the result of task {name:?}")),
         Answer::One(Err(o)) => decode_outcome(o, name),
+        Answer::Chunk { .. } => Err(not_the_answer(name)),
+    }
+}
+
+/// The result of a single task, as a chunk of one.
+fn one_as_chunk<R: DeserializeOwned + 'static>(
+    answer: Answer,
+    name: &str,
+) -> Result<Chunk<R>, Error> {
+    match answer {
+        Answer::One(_) => Ok(std::iter::once(one_result::<R>(answer, name)).collect()),
         Answer::Chunk { .. } => Err(not_the_answer(name)),
     }
 }

@@ -27,7 +27,9 @@ use super::frames::{
 };
 use super::payload::{Big, Held, Note, Received, Sent, BIG};
 use super::spawn::task_info;
+use crate::shared::Key;
 use crate::{Error, Registry};
+use std::collections::HashMap;
 
 /// Serves tasks if this process was started as a pool's worker, then ends
 /// the process; in any other process, returns at once.
@@ -171,6 +173,7 @@ fn serve(registry: &Registry, connect: IpcSender<Hello>, limit: Option<u64>) -> 
         sent: Sent::default(),
         released,
         unread: Vec::new(),
+        shares: HashMap::new(),
         claims,
         out: Writer::default(),
     }
@@ -283,6 +286,9 @@ struct Server<'a> {
     /// id: their segments go back to the pool only once it has.
     unread: Vec<(u64, Box<Big>)>,
     claims: ClaimTable,
+    /// The pool's [`Shared`](crate::Shared) handles this worker was handed
+    /// and keeps mapped until the pool says to forget them.
+    shares: HashMap<Key, crate::Shared>,
     /// The reply being written, its buffer reused.
     out: Writer,
 }
@@ -299,6 +305,8 @@ impl Server<'_> {
             for (request, payload) in self.read(&frame)? {
                 match request {
                     Request::Exit => return Ok(()),
+                    // Taken in `read`, in frame order.
+                    Request::Share { .. } | Request::Forget { .. } => {}
                     Request::Init { name, payload } => {
                         let failed = match self.call(&name, &payload) {
                             Ok(_) | Err(Outcome::Ok(_)) => None,
@@ -378,6 +386,26 @@ impl Server<'_> {
             let payload = match &mut r {
                 Request::Run { payload, .. } | Request::Chunk { payload, .. } => {
                     self.take_body(std::mem::replace(payload, Body::Shared))?
+                }
+                Request::Share { origin, id, len } => {
+                    let note = self.big_rx.recv().map_err(|e| {
+                        format!("lost the pool's channel for big arguments ({e}); the pool is gone")
+                    })?;
+                    let segment = note.into_whole(*len).map_err(|e| e.to_string())?;
+                    let key = Key {
+                        origin: *origin,
+                        id: *id,
+                    };
+                    self.shares
+                        .insert(key, crate::Shared::received(key, segment));
+                    continue;
+                }
+                Request::Forget { origin, id } => {
+                    self.shares.remove(&Key {
+                        origin: *origin,
+                        id: *id,
+                    });
+                    continue;
                 }
                 _ => Held::Bytes(Vec::new()),
             };
