@@ -5,6 +5,7 @@
 //! ends share that state machine; this module only gives it Python's names.
 
 mod state;
+mod waiting;
 
 // The model checks of `state`: see that module's doc for how to run them.
 #[cfg(all(test, loom))]

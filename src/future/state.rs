@@ -96,8 +96,9 @@ use std::ptr::null_mut;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::waiting;
 use crate::deadlock::{self, Tagged};
 use crate::recycle::{self, Counted};
 use crate::sync::{AtomicPtr, AtomicU32, Condvar, Mutex, MutexGuard, Ordering, UnsafeCell};
@@ -112,9 +113,6 @@ pub(crate) type Watcher = Arc<dyn Fn() + Send + Sync>;
 /// The outcome as its cell holds it: the error boxed, so that the cell of
 /// a small result stays small.
 type Outcome<T> = Option<Result<T, Box<Error>>>;
-
-/// How long a waiter spins and yields before it sleeps on the condvar.
-const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 /// Task ids a thread takes from [`NEXT_TASK_ID`] at a time, so that a
@@ -202,6 +200,10 @@ struct Slow<T> {
     extras: Option<Box<Extras<T>>>,
     /// Threads blocked on the condvar; completion skips the notify when 0.
     sleepers: u32,
+    /// When the task ended, if a thread slept on it: so that the sleeper
+    /// can tell how long its wait was, apart from how long it took to be
+    /// woken (see [`waiting::record`]).
+    ended: Option<Instant>,
 }
 
 struct Extras<T> {
@@ -436,6 +438,7 @@ impl<T> Side<T> {
             slow: Mutex::new(Slow {
                 extras: None,
                 sleepers: 0,
+                ended: None,
             }),
             cond: Condvar::new(),
             id: next_task_id(),
@@ -779,15 +782,18 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
     /// After the phase became final under the lock: wakes sleepers,
     /// watchers and the waker; releases the lock.
     fn wake_all(&self, mut g: MutexGuard<'_, Slow<T>>) {
-        if g.sleepers > 0 {
+        let sleepers = g.sleepers > 0;
+        if sleepers && crate::sync::SPIN {
+            g.ended = Some(Instant::now());
+        }
+        let (watchers, waker) = match g.extras.as_mut() {
+            Some(extras) => (std::mem::take(&mut extras.watchers), extras.waker.take()),
+            None => (Vec::new(), None),
+        };
+        drop(g);
+        if sleepers {
             self.head.side().cond.notify_all();
         }
-        let Some(extras) = g.extras.as_mut() else {
-            return;
-        };
-        let watchers = std::mem::take(&mut extras.watchers);
-        let waker = extras.waker.take();
-        drop(g);
         for (_, w) in watchers {
             w();
         }
@@ -896,14 +902,19 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
     ) -> Result<bool, Error> {
         // Held until this wait returns: the recorded "I wait for this task".
         let mut _edge = None;
-        if self.spin_until(until, deadline) {
-            return Ok(true);
-        }
+        let started = match self.spin_until(until, deadline) {
+            Ok(()) => return Ok(true),
+            Err(started) => started,
+        };
         let mut checked = deadline.is_some() || deadlock::current_pool().is_none();
         let (mut g, _) = self.lock_slow();
         loop {
             let word = self.head.phase.load(Ordering::Acquire);
             if until.reached(word) {
+                if let Some(started) = started {
+                    let ended = g.ended.unwrap_or_else(Instant::now);
+                    waiting::record(ended.saturating_duration_since(started));
+                }
                 return Ok(true);
             }
             if !checked && !is_done(word) {
@@ -941,36 +952,52 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
         }
     }
 
-    /// Spins, then yields, for up to [`SPIN_BUDGET`], in case the task is
-    /// about to end: that answer is much cheaper than sleeping and being
-    /// woken (a process round trip costs about half again as much through a
-    /// sleep). Yielding lets the threads that would answer run. True if
-    /// `until` was reached.
-    fn spin_until(&self, until: Until, deadline: Option<Instant>) -> bool {
+    /// Spins while it pays, in case the task is about to end: that answer
+    /// is much cheaper than sleeping and being woken. First a short spin
+    /// (about a microsecond), then as long as [`waiting::budget`] says:
+    /// about twice this thread's recent waits, and none when the machine
+    /// has more runnable threads than CPUs. Ok if `until` was reached;
+    /// else when the longer spin began, for [`waiting::record`] once the
+    /// wait ends (`None` under loom, where nothing spins).
+    fn spin_until(&self, until: Until, deadline: Option<Instant>) -> Result<(), Option<Instant>> {
         let reached = || until.reached(self.head.phase.load(Ordering::Acquire));
         if !crate::sync::SPIN {
-            return reached();
+            return if reached() { Ok(()) } else { Err(None) };
         }
         for step in 0..7 {
             if reached() {
-                return true;
+                waiting::record(std::time::Duration::ZERO);
+                return Ok(());
             }
             for _ in 0..(1u32 << step) {
                 std::hint::spin_loop();
             }
         }
-        let now = Instant::now();
-        let until = match deadline {
-            Some(d) => d.min(now + SPIN_BUDGET),
-            None => now + SPIN_BUDGET,
+        let started = Instant::now();
+        let budget = waiting::budget();
+        let end = match deadline {
+            Some(d) => d.min(started + budget),
+            None => started + budget,
         };
-        while Instant::now() < until {
+        loop {
             if reached() {
-                return true;
+                waiting::record(started.elapsed());
+                return Ok(());
             }
+            // Nobody else wants a CPU (or the budget would be zero), so
+            // this yield costs a system call and gives the CPU away only
+            // to a thread the scheduler put on this one, such as the one
+            // that will end the task.
             std::thread::yield_now();
+            if Instant::now() >= end {
+                return if reached() {
+                    waiting::record(started.elapsed());
+                    Ok(())
+                } else {
+                    Err(Some(started))
+                };
+            }
         }
-        reached()
     }
 
     /// On a thread of this task's pool: if the task has not started, runs it
