@@ -895,11 +895,23 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
     /// has not started) or is refused with `Deadlock` when it could never
     /// end. A wait only for the callbacks of a task that has ended neither
     /// helps nor is checked: those callbacks already run.
+    #[inline]
     pub(super) fn wait_until(
         &self,
         until: Until,
         deadline: Option<Instant>,
     ) -> Result<bool, Error> {
+        // Most results of a burst are taken when the task has long ended:
+        // no wait at all, and nothing to count for the spin.
+        if until.reached(self.head.phase.load(Ordering::Acquire)) {
+            return Ok(true);
+        }
+        self.wait_for_end(until, deadline)
+    }
+
+    /// [`wait_until`](Self::wait_until) once a first look found the task
+    /// not there yet.
+    fn wait_for_end(&self, until: Until, deadline: Option<Instant>) -> Result<bool, Error> {
         // Held until this wait returns: the recorded "I wait for this task".
         let mut _edge = None;
         let started = match self.spin_until(until, deadline) {
@@ -984,19 +996,14 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
                 waiting::record(started.elapsed());
                 return Ok(());
             }
-            // Nobody else wants a CPU (or the budget would be zero), so
-            // this yield costs a system call and gives the CPU away only
-            // to a thread the scheduler put on this one, such as the one
-            // that will end the task.
-            std::thread::yield_now();
             if Instant::now() >= end {
-                return if reached() {
-                    waiting::record(started.elapsed());
-                    Ok(())
-                } else {
-                    Err(Some(started))
-                };
+                return Err(Some(started));
             }
+            // Nobody else wants a CPU (else the budget is zero and this is
+            // not reached), so this yield costs a system call and gives the
+            // CPU away only to a thread the scheduler put on this one, such
+            // as the one that will end the task.
+            std::thread::yield_now();
         }
     }
 
