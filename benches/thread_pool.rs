@@ -12,7 +12,10 @@
 //!   iteration, each submitting its share of 1M tasks and collecting its own
 //!   results.
 //! * `q9_thread_one_at_a_time_busy`: one task at a time while the threads
-//!   of another pool in the process are busy (one per CPU).
+//!   of another pool in the process (one per CPU) run tasks of their own,
+//!   about a third of the time each. The contenders take turns in batches,
+//!   so that all see the same machine; not a criterion benchmark: written
+//!   as `latency.json` next to criterion's results.
 //! * `q10_thread_peak_memory`: the peak resident memory per outstanding
 //!   task, 1M tasks outstanding, measured from the process (VmHWM) in a
 //!   child process per contender so that the peaks do not mix. Not a
@@ -40,9 +43,6 @@ use crossbeam_channel::{Receiver, Sender};
 const TASKS: u64 = 100_000;
 /// Tasks per iteration when each is waited for before the next is submitted.
 const ROUND_TRIPS: u64 = 10_000;
-/// The same while another pool's threads are busy: each round trip then
-/// waits for the scheduler, so fewer make an iteration.
-const BUSY_ROUND_TRIPS: u64 = 2_000;
 /// Outstanding tasks of the `q7` groups.
 const OUTSTANDING: [(&str, u64); 4] = [
     ("10k", 10_000),
@@ -386,7 +386,16 @@ fn q8_thread_submitters(c: &mut Criterion) {
     }
 }
 
-/// Threads of another pool, one per CPU, that compute until dropped.
+/// How long a task of the busy pool computes, and how long its thread then
+/// waits for the next one (a sleep: in fact the timer's slack makes it
+/// about 100 µs).
+const BUSY_WORK: Duration = Duration::from_micros(50);
+const BUSY_IDLE: Duration = Duration::from_micros(50);
+
+/// Threads of another pool, one per CPU, that run tasks of [`BUSY_WORK`]
+/// with short waits between them until dropped: about a third of every CPU
+/// busy, so that the CPUs are sometimes all taken and sometimes not, as in
+/// a program whose other pools serve work of their own.
 struct Busy {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -404,10 +413,15 @@ impl Busy {
                     .spawn(move || {
                         let mut x = i as u64;
                         while !stop.load(Ordering::Relaxed) {
-                            // About 10 µs of work per check: short tasks.
-                            for _ in 0..20_000 {
-                                x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                            let task = std::time::Instant::now();
+                            while task.elapsed() < BUSY_WORK {
+                                for _ in 0..100 {
+                                    x = black_box(
+                                        x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                                    );
+                                }
                             }
+                            std::thread::sleep(BUSY_IDLE);
                         }
                         black_box(x);
                     })
@@ -427,21 +441,52 @@ impl Drop for Busy {
     }
 }
 
-/// One task at a time while another pool's threads keep every CPU busy.
-fn q9_thread_one_at_a_time_busy(c: &mut Criterion) {
-    let mut g = c.benchmark_group("q9_thread_one_at_a_time_busy");
-    configure(&mut g, BUSY_ROUND_TRIPS);
-    let want = expected(BUSY_ROUND_TRIPS);
+/// Rounds of the latency measurement, and round trips per contender and
+/// round.
+const BUSY_ROUNDS: usize = 40;
+const BUSY_BATCH: u64 = 250;
+const LATENCY_GROUP: &str = "q9_thread_one_at_a_time_busy";
+
+/// One task at a time while another pool's threads are busy (see
+/// [`Busy`]). Not a criterion benchmark: on a shared machine the scheduler's
+/// mood changes within seconds, so the contenders take turns, a batch of
+/// round trips each per round (in a rotating order), all pools alive at
+/// once, and each one's mean is taken over all its batches. Written as
+/// `latency.json` beside criterion's results.
+fn q9_thread_one_at_a_time_busy() {
+    let dir = criterion_dir().expect("criterion's directory");
     let reply = crossbeam_channel::unbounded();
+    let pools: Vec<Pool> = NAMES.iter().map(|name| Pool::new(name, false)).collect();
+    let want = expected(BUSY_BATCH);
+    // Warm up each pool (threads started, caches filled).
+    for pool in &pools {
+        assert_eq!(pool.one_at_a_time(BUSY_BATCH, &reply), want);
+    }
     let busy = Busy::start();
-    for name in NAMES {
-        let pool = Pool::new(name, false);
-        g.bench_function(name, |b| {
-            b.iter(|| assert_eq!(pool.one_at_a_time(BUSY_ROUND_TRIPS, &reply), want))
-        });
+    let mut batches = vec![Vec::new(); pools.len()];
+    for round in 0..BUSY_ROUNDS {
+        for k in 0..pools.len() {
+            let i = (round + k) % pools.len();
+            let start = std::time::Instant::now();
+            assert_eq!(pools[i].one_at_a_time(BUSY_BATCH, &reply), want);
+            batches[i].push(start.elapsed().as_nanos() as f64 / BUSY_BATCH as f64);
+        }
     }
     drop(busy);
-    g.finish();
+    for (name, ns) in NAMES.iter().zip(&batches) {
+        let mean = ns.iter().sum::<f64>() / ns.len() as f64;
+        let lo = ns.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ns.iter().copied().fold(0.0, f64::max);
+        println!("{LATENCY_GROUP}/{name}: mean {mean:.0} ns per round trip (batches from {lo:.0} to {hi:.0})");
+        let out = dir.join(LATENCY_GROUP).join(name);
+        std::fs::create_dir_all(&out).expect("criterion's directory");
+        let json = format!(
+            "{{\"ns_per_task\": {mean}, \"lo\": {lo}, \"hi\": {hi}, \"tasks\": {}, \"batches\": {}}}\n",
+            BUSY_BATCH * BUSY_ROUNDS as u64,
+            ns.len()
+        );
+        std::fs::write(out.join("latency.json"), json).expect("latency.json");
+    }
 }
 
 /// Names the contender a memory child measures.
@@ -560,8 +605,7 @@ criterion_group!(
     benches,
     q1_thread_submit_result,
     q7_thread_outstanding,
-    q8_thread_submitters,
-    q9_thread_one_at_a_time_busy
+    q8_thread_submitters
 );
 
 fn main() {
@@ -570,13 +614,22 @@ fn main() {
         return;
     }
     benches();
-    // Only when benchmarking (cargo bench passes --bench), and filtered as
-    // criterion filters: when no filter is given, or the filter (a regular
-    // expression; read here as `a|b|...` alternatives) names this group.
+    // The groups that are not criterion's: only when benchmarking (cargo
+    // bench passes --bench), and filtered as criterion filters: when no
+    // filter is given, or the filter (a regular expression; read here as
+    // `a|b|...` alternatives) names the group.
     let filters = filters();
     let bench = std::env::args().any(|a| a == "--bench");
-    let named = |f: &String| f.split('|').any(|alt| MEMORY_GROUP.contains(alt));
-    if bench && (filters.is_empty() || filters.iter().any(named)) {
+    let named = |group: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| f.split('|').any(|alt| group.contains(alt)))
+    };
+    if bench && named(LATENCY_GROUP) {
+        q9_thread_one_at_a_time_busy();
+    }
+    if bench && named(MEMORY_GROUP) {
         q10_thread_peak_memory();
     }
     Criterion::default().configure_from_args().final_summary();
