@@ -967,8 +967,9 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
     /// Spins while it pays, in case the task is about to end: that answer
     /// is much cheaper than sleeping and being woken. First a short spin
     /// (about a microsecond), then as long as [`waiting::budget`] says:
-    /// about twice this thread's recent waits, and none when the machine
-    /// has more runnable threads than CPUs. Ok if `until` was reached;
+    /// about twice this thread's recent waits, yielding; when the machine
+    /// has more runnable threads than CPUs at most 5 µs, never yielding.
+    /// Ok if `until` was reached;
     /// else when the longer spin began, for [`waiting::record`] once the
     /// wait ends (`None` under loom, where nothing spins).
     fn spin_until(&self, until: Until, deadline: Option<Instant>) -> Result<(), Option<Instant>> {
@@ -986,7 +987,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
             }
         }
         let started = Instant::now();
-        let budget = waiting::budget();
+        let (budget, yields) = waiting::budget();
         let end = match deadline {
             Some(d) => d.min(started + budget),
             None => started + budget,
@@ -999,11 +1000,17 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
             if Instant::now() >= end {
                 return Err(Some(started));
             }
-            // Nobody else wants a CPU (else the budget is zero and this is
-            // not reached), so this yield costs a system call and gives the
-            // CPU away only to a thread the scheduler put on this one, such
-            // as the one that will end the task.
-            std::thread::yield_now();
+            if yields {
+                // Nobody else wants a CPU, so this yield costs a system
+                // call and gives the CPU away only to a thread the
+                // scheduler put on this one, such as the one that will end
+                // the task.
+                std::thread::yield_now();
+            } else {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+            }
         }
     }
 
