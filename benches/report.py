@@ -499,7 +499,7 @@ def main():
     md = [
         "# twinpool benchmarks: the README's targets",
         "",
-        f"Reproduce: `{COMMAND}` (from the repository root; about 10 minutes on 2 cores).",
+        f"Reproduce: `{COMMAND}` (from the repository root; about 5 minutes on 2 cores).",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {m['commit']}",
         f"- Machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
