@@ -44,7 +44,33 @@ GROUPS = {
     "q5_transfer_64mib": "5. 64 MiB Vec<u8> to a worker, its length back",
     "q6_pool_start": "6. Pool start: 2 workers, 2 tasks, shutdown (fresh process)",
     "q6_pool_start_256mib_heap": "6b. The same while the parent holds 256 MiB of touched heap",
+    "q7_thread_outstanding_10k": "7a. Thread back end, 10k tasks outstanding (submit all, then result all; 2 workers)",
+    "q7_thread_outstanding_100k": "7b. Thread back end, 100k tasks outstanding",
+    "q7_thread_outstanding_1m": "7c. Thread back end, 1M tasks outstanding",
+    "q7_thread_outstanding_4m": "7d. Thread back end, 4M tasks outstanding",
+    "q8_thread_submitters_1": "8a. Thread back end, 1 submitting thread (fresh each run) x 1M tasks",
+    "q8_thread_submitters_4": "8b. Thread back end, 4 submitting threads x 250k tasks",
+    "q8_thread_submitters_16": "8c. Thread back end, 16 submitting threads x 62.5k tasks",
+    "q9_thread_one_at_a_time_busy": "9. One submit + result at a time while another pool's threads (one per CPU) run 50 µs tasks with short waits between",
+    "q10_thread_peak_memory": "10. Peak resident memory per outstanding task, 1M u64 tasks (VmHWM of a child per contender, median of 3)",
 }
+
+# Groups whose numbers are bytes per task (read from memory.json), not times.
+MEMORY_GROUPS = {"q10_thread_peak_memory"}
+# Groups the thread bench measures itself, contenders taking turns (read
+# from latency.json: ns per task).
+LATENCY_GROUPS = {"q9_thread_one_at_a_time_busy"}
+# The thread groups of the sizes the README's first target does not cover.
+SIZE_GROUPS = [
+    ("q7_thread_outstanding_10k", "10k tasks outstanding"),
+    ("q7_thread_outstanding_100k", "100k tasks outstanding"),
+    ("q7_thread_outstanding_1m", "1M tasks outstanding"),
+    ("q7_thread_outstanding_4m", "4M tasks outstanding"),
+    ("q8_thread_submitters_1", "1 submitting thread"),
+    ("q8_thread_submitters_4", "4 submitting threads"),
+    ("q8_thread_submitters_16", "16 submitting threads"),
+]
+THREAD_PEERS = ["raw_crossbeam", "threadpool", "rayon_spawn"]
 
 # (group, twinpool bench, peers it is compared with)
 COMPARISONS = [
@@ -57,6 +83,9 @@ COMPARISONS = [
     ("q5_transfer_64mib", "twinpool", ["memcpy", "raw_ipc_channel", "procspawn", "python_ProcessPoolExecutor"]),
     ("q6_pool_start", "twinpool", ["raw_spawn_pipe", "raw_spawn_pipe_fork", "procspawn", "python_ProcessPoolExecutor_fork"]),
     ("q6_pool_start_256mib_heap", "twinpool", ["raw_spawn_pipe", "raw_spawn_pipe_fork", "procspawn"]),
+] + [(g, "twinpool", THREAD_PEERS) for g, _ in SIZE_GROUPS] + [
+    ("q9_thread_one_at_a_time_busy", "twinpool", THREAD_PEERS),
+    ("q10_thread_peak_memory", "twinpool", THREAD_PEERS),
 ]
 
 
@@ -100,6 +129,9 @@ def run_benches(criterion_dir):
         for p in sorted(d.rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()
         d.rmdir()
+    for group in MEMORY_GROUPS | LATENCY_GROUPS:
+        for p in list(criterion_dir.glob(f"{group}/*/memory.json")) + list(criterion_dir.glob(f"{group}/*/latency.json")):
+            p.unlink()
     run_bounded(
         ["cargo", "bench", "--bench", "thread_pool", "--bench", "process_pool", "--", "--save-baseline", BASELINE]
     )
@@ -116,18 +148,25 @@ def run_benches(criterion_dir):
 class Result:
     """One measured benchmark, with its time per unit of work in ns."""
 
-    def __init__(self, group, name, ns_per_iter, lo, hi, elements=None, nbytes=None, source="criterion", note=""):
+    def __init__(self, group, name, ns_per_iter, lo, hi, elements=None, nbytes=None, source="criterion", note="", memory=False):
         self.group, self.name = group, name
         self.ns_per_iter, self.lo, self.hi = ns_per_iter, lo, hi
         self.elements, self.nbytes = elements, nbytes
         self.source, self.note = source, note
+        # For memory groups ns_per_iter holds bytes per task, elements the
+        # tasks outstanding.
+        self.memory = memory
 
     def cost(self):
-        """What ratios are taken of: ns per element, or ns per iteration."""
+        """What ratios are taken of: ns per element, or ns per iteration (bytes per task for memory)."""
+        if self.memory:
+            return self.ns_per_iter
         return self.ns_per_iter / self.elements if self.elements else self.ns_per_iter
 
     def shown(self):
         """(value, unit) in the group's unit."""
+        if self.memory:
+            return self.ns_per_iter, "B/task"
         if self.nbytes:
             return self.nbytes / (self.ns_per_iter / 1e9) / (1 << 20), "MiB/s"
         if self.elements:
@@ -136,6 +175,8 @@ class Result:
 
     def per_run(self):
         """The absolute time of one run, with what it held."""
+        if self.memory:
+            return f"{self.elements:,} tasks outstanding"
         ms = self.ns_per_iter / 1e6
         if self.nbytes:
             return f"{fmt(ms)} ms per 64 MiB"
@@ -155,11 +196,48 @@ def fmt(x):
     return f"{x:.3g}"
 
 
+def read_memory(gdir, group):
+    """The memory.json files the thread bench writes for a memory group."""
+    out = {}
+    for p in sorted(gdir.glob("*/memory.json")):
+        rec = json.loads(p.read_text())
+        runs = rec["runs_bytes_per_task"]
+        name = p.parent.name
+        out[(group, name)] = Result(
+            group,
+            name,
+            rec["median"]["bytes_per_task"],
+            min(runs),
+            max(runs),
+            elements=rec["median"]["tasks"],
+            source=f"median of {len(runs)} child processes",
+            memory=True,
+        )
+    return out
+
+
 def read_criterion(criterion_dir):
     out = {}
     for group in GROUPS:
         gdir = criterion_dir / group
         if not gdir.is_dir():
+            continue
+        if group in MEMORY_GROUPS:
+            out.update(read_memory(gdir, group))
+            continue
+        if group in LATENCY_GROUPS:
+            for p in sorted(gdir.glob("*/latency.json")):
+                rec = json.loads(p.read_text())
+                n = rec["tasks"]
+                out[(group, p.parent.name)] = Result(
+                    group,
+                    p.parent.name,
+                    rec["ns_per_task"] * n,
+                    rec["lo"] * n,
+                    rec["hi"] * n,
+                    elements=n,
+                    source=f"mean of {rec['batches']} interleaved batches",
+                )
             continue
         for bdir in sorted(gdir.iterdir()):
             est, bench = bdir / BASELINE / "estimates.json", bdir / BASELINE / "benchmark.json"
@@ -269,6 +347,41 @@ def targets(res):
         rows.append(("Pool start, 2 workers + 2 tasks + shutdown, under 5 ms", f"{fmt(v)} ms", v < 5))
     else:
         rows.append(("Pool start, 2 workers + 2 tasks + shutdown, under 5 ms", "not measured", None))
+
+    # The thread back end at every size: at most 1.2x the raw pool (the
+    # goal, at or below it and below threadpool and rayon, is shown too).
+    def peers_text(g, t):
+        out = []
+        for p in ("threadpool", "rayon_spawn"):
+            r = get(g, p)
+            if r:
+                out.append(f"{fmt(t.cost() / r.cost())}x {p}")
+        return "; " + ", ".join(out) if out else ""
+
+    for g, what in SIZE_GROUPS:
+        desc = f"Thread submit+result, {what}, at most 1.2x raw crossbeam"
+        t, raw = get(g, "twinpool"), get(g, "raw_crossbeam")
+        if not t or not raw:
+            rows.append((desc, "not measured", None))
+            continue
+        r = t.cost() / raw.cost()
+        rows.append((desc, f"{fmt(r)}x ({fmt(t.cost())} vs {fmt(raw.cost())} ns/task{peers_text(g, t)})", r <= 1.2))
+    g = "q9_thread_one_at_a_time_busy"
+    desc = "One task at a time while another pool's threads are busy: mean at most raw crossbeam's"
+    t, raw = get(g, "twinpool"), get(g, "raw_crossbeam")
+    if t and raw:
+        r = t.cost() / raw.cost()
+        rows.append((desc, f"{fmt(r)}x ({fmt(t.cost())} vs {fmt(raw.cost())} ns/task{peers_text(g, t)})", r <= 1.0))
+    else:
+        rows.append((desc, "not measured", None))
+    g = "q10_thread_peak_memory"
+    desc = "Peak memory per outstanding thread task (u64 result) at most 96 B"
+    t = get(g, "twinpool")
+    if t:
+        others = ", ".join(f"{p} {fmt(get(g, p).cost())}" for p in THREAD_PEERS if get(g, p))
+        rows.append((desc, f"{fmt(t.cost())} B/task" + (f" ({others})" if others else ""), t.cost() <= 96))
+    else:
+        rows.append((desc, "not measured", None))
     return rows
 
 
@@ -312,8 +425,8 @@ def table_md(res):
                 continue
             seen.add(name)
             v, unit = r.shown()
-            lo = Result(group, name, r.lo, 0, 0, r.elements, r.nbytes).shown()[0]
-            hi = Result(group, name, r.hi, 0, 0, r.elements, r.nbytes).shown()[0]
+            lo = Result(group, name, r.lo, 0, 0, r.elements, r.nbytes, memory=r.memory).shown()[0]
+            hi = Result(group, name, r.hi, 0, 0, r.elements, r.nbytes, memory=r.memory).shown()[0]
             lo, hi = min(lo, hi), max(lo, hi)
             if r.name.startswith("twinpool"):
                 rel = "—"
@@ -325,7 +438,7 @@ def table_md(res):
                     if t:
                         rels.append(f"{fmt(t.cost() / r.cost())}x" + (f" ({tname})" if len(tps) > 1 else ""))
                 rel = ", ".join(rels) or "—"
-            src = "" if r.source == "criterion" else f" ({r.source})"
+            src = "" if r.source == "criterion" or r.memory or group in LATENCY_GROUPS else f" ({r.source})"
             lines.append(f"| {name}{src} | **{fmt(v)} {unit}** | {r.per_run()} | {fmt(lo)} – {fmt(hi)} | {rel} |")
         lines.append("")
     return lines
@@ -414,6 +527,9 @@ def main():
         "",
         "- `raw_crossbeam`: 2 threads pulling boxed closures from one crossbeam channel, results back over a second: the floor for a thread pool.",
         "- `threadpool`, `rayon_spawn`: `threadpool::ThreadPool::execute` / `rayon::ThreadPool::spawn` on 2 threads, results over a crossbeam channel.",
+        "- In groups 8a-8c each submitting thread collects its own results, so `raw_crossbeam` there sends each result to its submitter's channel (a sender cloned per task, as for `threadpool` and `rayon_spawn`).",
+        "- Group 9: all four pools alive at once, taking turns in 40 rounds of 250 round trips each (rotating order), while a busy pool of one thread per CPU computes for 50 µs then sleeps for 50 µs (about 100 µs with the timer's slack); the mean is over all of a contender's batches, the range is that of its batch means.",
+        "- Group 10: each contender in a child process of the bench, 1M tasks submitted then collected after a 1,000-task warm-up; (peak RSS during the burst, VmHWM after resetting it by /proc/self/clear_refs, minus the RSS before it) / 1M. For twinpool it includes the `Vec` of futures the caller holds.",
         "- `raw_ipc_channel`: this bench executable re-run as a child that answers each ipc-channel byte message (a task per message); pipelined = one thread sends all while another receives.",
         "- `raw_pipe`: the same child over its stdin/stdout pipes, 8 bytes each way.",
         "- `procspawn`: `procspawn::Pool` (1.0); pipelined with at most 64 handles in flight, chunks as one spawn per 1000 items.",

@@ -1,17 +1,41 @@
-//! Question 1 of the benchmarks: what does one trivial task cost on the thread back
-//! end (submit + result, 2 workers), next to the usual Rust pools and to the
-//! raw limit of two threads pulling boxed closures from a crossbeam channel?
+//! The thread back end's benchmarks: what one trivial task costs (submit +
+//! result, 2 workers) next to the usual Rust pools and to the raw limit of
+//! two threads pulling boxed closures from a crossbeam channel, at every
+//! size a program may use.
 //!
-//! Each iteration runs `TASKS` tasks (the 1M is scaled down so that
-//! criterion can take 10 samples in a few seconds); the throughput is in
-//! elements, so the report divides by it to get the time per task.
-//! `benches/report.py` reads the estimates from `target/criterion/`.
+//! * `q1_thread_submit_result`, `q1_thread_one_at_a_time`: the README's
+//!   first question, 100k tasks submitted then collected, and one task at a
+//!   time.
+//! * `q7_thread_outstanding_*`: 10k, 100k, 1M and 4M tasks outstanding at
+//!   once (all submitted, then all collected).
+//! * `q8_thread_submitters_*`: 1, 4 and 16 threads, started for the
+//!   iteration, each submitting its share of 1M tasks and collecting its own
+//!   results.
+//! * `q9_thread_one_at_a_time_busy`: one task at a time while the threads
+//!   of another pool in the process (one per CPU) run tasks of their own,
+//!   about a third of the time each. The contenders take turns in batches,
+//!   so that all see the same machine; not a criterion benchmark: written
+//!   as `latency.json` next to criterion's results.
+//! * `q10_thread_peak_memory`: the peak resident memory per outstanding
+//!   task, 1M tasks outstanding, measured from the process (VmHWM) in a
+//!   child process per contender so that the peaks do not mix. Not a
+//!   criterion benchmark: the children's numbers are written next to
+//!   criterion's as `memory.json`.
+//!
+//! Every contender of a group runs in the same run, one after the other.
+//! The throughput is in elements, so the report divides by it to get the
+//! time per task. `benches/report.py` reads the estimates from
+//! `target/criterion/`.
 
 use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
+use criterion::{criterion_group, BenchmarkGroup, Criterion, SamplingMode};
 use criterion::{measurement::WallTime, Throughput};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -19,6 +43,20 @@ use crossbeam_channel::{Receiver, Sender};
 const TASKS: u64 = 100_000;
 /// Tasks per iteration when each is waited for before the next is submitted.
 const ROUND_TRIPS: u64 = 10_000;
+/// Outstanding tasks of the `q7` groups.
+const OUTSTANDING: [(&str, u64); 4] = [
+    ("10k", 10_000),
+    ("100k", 100_000),
+    ("1m", 1_000_000),
+    ("4m", 4_000_000),
+];
+/// Submitting threads of the `q8` groups, and the tasks they share.
+const SUBMITTERS: [usize; 3] = [1, 4, 16];
+const SUBMITTED: u64 = 1_000_000;
+/// Outstanding tasks of the peak memory measurement.
+const MEMORY_TASKS: u64 = 1_000_000;
+/// Runs of each memory child; the median is kept.
+const MEMORY_RUNS: usize = 3;
 const WORKERS: usize = 2;
 
 /// The trivial task, the same for every pool.
@@ -81,6 +119,190 @@ impl Drop for RawPool {
     }
 }
 
+/// The raw limit for several submitters: the same two threads, but each
+/// job sends its result to the channel of the thread that submitted it.
+struct RawReplyPool {
+    jobs: Option<Sender<Box<dyn FnOnce() + Send>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RawReplyPool {
+    fn new(n: usize) -> RawReplyPool {
+        let (jobs, job_rx) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        let threads = (0..n)
+            .map(|_| {
+                let job_rx = job_rx.clone();
+                std::thread::spawn(move || {
+                    for job in job_rx {
+                        job();
+                    }
+                })
+            })
+            .collect();
+        RawReplyPool {
+            jobs: Some(jobs),
+            threads,
+        }
+    }
+
+    fn execute(&self, job: impl FnOnce() + Send + 'static) {
+        if let Some(jobs) = &self.jobs {
+            jobs.send(Box::new(job))
+                .expect("the raw pool's threads are alive");
+        }
+    }
+}
+
+impl Drop for RawReplyPool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The contenders, each with the same two kinds of work.
+enum Pool {
+    Twinpool(twinpool::Executor),
+    Raw(RawPool),
+    RawReply(RawReplyPool),
+    Threadpool(threadpool::ThreadPool),
+    Rayon(rayon::ThreadPool),
+}
+
+/// The contenders of a group, in the order they run.
+const NAMES: [&str; 4] = ["twinpool", "raw_crossbeam", "threadpool", "rayon_spawn"];
+
+impl Pool {
+    /// A pool of `WORKERS` threads; `reply` picks the raw pool whose jobs
+    /// answer to their own submitter (for several submitters).
+    fn new(name: &str, reply: bool) -> Pool {
+        match name {
+            "twinpool" => Pool::Twinpool(twinpool::Executor::threads(WORKERS)),
+            "raw_crossbeam" if reply => Pool::RawReply(RawReplyPool::new(WORKERS)),
+            "raw_crossbeam" => Pool::Raw(RawPool::new(WORKERS)),
+            "threadpool" => Pool::Threadpool(threadpool::ThreadPool::new(WORKERS)),
+            "rayon_spawn" => Pool::Rayon(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(WORKERS)
+                    .build()
+                    .expect("a rayon pool"),
+            ),
+            _ => unreachable!("no contender named {name}"),
+        }
+    }
+
+    /// Submits tasks `from..from + n`, then collects their results; returns
+    /// their sum. Safe to call from several threads at once, except on the
+    /// raw pool with one shared result channel.
+    fn burst(&self, from: u64, n: u64) -> u64 {
+        match self {
+            Pool::Twinpool(ex) => {
+                let futures: Vec<_> = (from..from + n)
+                    .map(|i| ex.submit(move || task(i)).expect("submit"))
+                    .collect();
+                futures
+                    .into_iter()
+                    .map(|f| f.result().expect("result"))
+                    .sum()
+            }
+            Pool::Raw(raw) => {
+                for i in from..from + n {
+                    raw.submit(Box::new(move || task(i)));
+                }
+                raw.results.iter().take(n as usize).sum()
+            }
+            Pool::RawReply(raw) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                for i in from..from + n {
+                    let tx = tx.clone();
+                    raw.execute(move || {
+                        let _ = tx.send(task(i));
+                    });
+                }
+                drop(tx);
+                rx.iter().sum()
+            }
+            Pool::Threadpool(pool) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                for i in from..from + n {
+                    let tx = tx.clone();
+                    pool.execute(move || {
+                        let _ = tx.send(task(i));
+                    });
+                }
+                drop(tx);
+                rx.iter().sum()
+            }
+            Pool::Rayon(pool) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                for i in from..from + n {
+                    let tx = tx.clone();
+                    pool.spawn(move || {
+                        let _ = tx.send(task(i));
+                    });
+                }
+                drop(tx);
+                rx.iter().sum()
+            }
+        }
+    }
+
+    /// `n` tasks, each submitted once the previous one's result is back;
+    /// returns the sum of the results. `reply` carries them for the pools
+    /// without futures.
+    fn one_at_a_time(&self, n: u64, reply: &(Sender<u64>, Receiver<u64>)) -> u64 {
+        let (tx, rx) = reply;
+        let mut sum = 0;
+        match self {
+            Pool::Twinpool(ex) => {
+                for i in 0..n {
+                    sum += ex
+                        .submit(move || task(i))
+                        .expect("submit")
+                        .result()
+                        .expect("result");
+                }
+            }
+            Pool::Raw(raw) => {
+                for i in 0..n {
+                    raw.submit(Box::new(move || task(i)));
+                    sum += raw.results.recv().expect("a result");
+                }
+            }
+            Pool::RawReply(raw) => {
+                for i in 0..n {
+                    let tx = tx.clone();
+                    raw.execute(move || {
+                        let _ = tx.send(task(i));
+                    });
+                    sum += rx.recv().expect("a result");
+                }
+            }
+            Pool::Threadpool(pool) => {
+                for i in 0..n {
+                    let tx = tx.clone();
+                    pool.execute(move || {
+                        let _ = tx.send(task(i));
+                    });
+                    sum += rx.recv().expect("a result");
+                }
+            }
+            Pool::Rayon(pool) => {
+                for i in 0..n {
+                    let tx = tx.clone();
+                    pool.spawn(move || {
+                        let _ = tx.send(task(i));
+                    });
+                    sum += rx.recv().expect("a result");
+                }
+            }
+        }
+        black_box(sum)
+    }
+}
+
 fn configure(g: &mut BenchmarkGroup<'_, WallTime>, tasks: u64) {
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -89,140 +311,326 @@ fn configure(g: &mut BenchmarkGroup<'_, WallTime>, tasks: u64) {
         .throughput(Throughput::Elements(tasks));
 }
 
+/// The README's first question: 100k tasks submitted, then collected; and
+/// one task at a time.
 fn q1_thread_submit_result(c: &mut Criterion) {
     let mut g = c.benchmark_group("q1_thread_submit_result");
     configure(&mut g, TASKS);
     let want = expected(TASKS);
-
-    let ex = twinpool::Executor::threads(WORKERS);
-    g.bench_function("twinpool", |b| {
-        b.iter(|| {
-            let futures: Vec<_> = (0..TASKS)
-                .map(|i| ex.submit(move || task(i)).expect("submit"))
-                .collect();
-            let sum: u64 = futures
-                .into_iter()
-                .map(|f| f.result().expect("result"))
-                .sum();
-            assert_eq!(sum, want);
-        })
-    });
-
-    let pool = threadpool::ThreadPool::new(WORKERS);
-    g.bench_function("threadpool", |b| {
-        b.iter(|| {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            for i in 0..TASKS {
-                let tx = tx.clone();
-                pool.execute(move || {
-                    let _ = tx.send(task(i));
-                });
-            }
-            drop(tx);
-            let sum: u64 = rx.iter().sum();
-            assert_eq!(sum, want);
-        })
-    });
-    drop(pool);
-
-    let rayon_pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(WORKERS)
-        .build()
-        .expect("a rayon pool");
-    g.bench_function("rayon_spawn", |b| {
-        b.iter(|| {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            for i in 0..TASKS {
-                let tx = tx.clone();
-                rayon_pool.spawn(move || {
-                    let _ = tx.send(task(i));
-                });
-            }
-            drop(tx);
-            let sum: u64 = rx.iter().sum();
-            assert_eq!(sum, want);
-        })
-    });
-    drop(rayon_pool);
-
-    let raw = RawPool::new(WORKERS);
-    g.bench_function("raw_crossbeam", |b| {
-        b.iter(|| {
-            for i in 0..TASKS {
-                raw.submit(Box::new(move || task(i)));
-            }
-            let sum: u64 = raw.results.iter().take(TASKS as usize).sum();
-            assert_eq!(sum, want);
-        })
-    });
+    for name in NAMES {
+        let pool = Pool::new(name, false);
+        g.bench_function(name, |b| b.iter(|| assert_eq!(pool.burst(0, TASKS), want)));
+    }
     g.finish();
 
-    // One task at a time: submit, wait for its result, then the next.
     let mut g = c.benchmark_group("q1_thread_one_at_a_time");
     configure(&mut g, ROUND_TRIPS);
     let want = expected(ROUND_TRIPS);
-    g.bench_function("twinpool", |b| {
-        b.iter(|| {
-            let mut sum = 0;
-            for i in 0..ROUND_TRIPS {
-                sum += ex
-                    .submit(move || task(i))
-                    .expect("submit")
-                    .result()
-                    .expect("result");
-            }
-            assert_eq!(sum, want);
-        })
-    });
-    let pool = threadpool::ThreadPool::new(WORKERS);
-    g.bench_function("threadpool", |b| {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        b.iter(|| {
-            let mut sum = 0;
-            for i in 0..ROUND_TRIPS {
-                let tx = tx.clone();
-                pool.execute(move || {
-                    let _ = tx.send(task(i));
-                });
-                sum += rx.recv().expect("a result");
-            }
-            assert_eq!(sum, want);
-        })
-    });
-    drop(pool);
-    let rayon_pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(WORKERS)
-        .build()
-        .expect("a rayon pool");
-    g.bench_function("rayon_spawn", |b| {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        b.iter(|| {
-            let mut sum = 0;
-            for i in 0..ROUND_TRIPS {
-                let tx = tx.clone();
-                rayon_pool.spawn(move || {
-                    let _ = tx.send(task(i));
-                });
-                sum += rx.recv().expect("a result");
-            }
-            assert_eq!(sum, want);
-        })
-    });
-    drop(rayon_pool);
-    g.bench_function("raw_crossbeam", |b| {
-        b.iter(|| {
-            let mut sum = 0;
-            for i in 0..ROUND_TRIPS {
-                raw.submit(Box::new(move || task(i)));
-                sum += raw.results.recv().expect("a result");
-            }
-            assert_eq!(black_box(sum), want);
-        })
-    });
+    let reply = crossbeam_channel::unbounded();
+    for name in NAMES {
+        let pool = Pool::new(name, false);
+        g.bench_function(name, |b| {
+            b.iter(|| assert_eq!(pool.one_at_a_time(ROUND_TRIPS, &reply), want))
+        });
+    }
     g.finish();
-    drop(raw);
-    drop(ex);
 }
 
-criterion_group!(benches, q1_thread_submit_result);
-criterion_main!(benches);
+/// 10k to 4M tasks outstanding at once, 2 workers.
+fn q7_thread_outstanding(c: &mut Criterion) {
+    for (label, n) in OUTSTANDING {
+        let mut g = c.benchmark_group(format!("q7_thread_outstanding_{label}"));
+        configure(&mut g, n);
+        if n >= 1_000_000 {
+            // An iteration takes a good part of a second: criterion's
+            // fewest samples (10), one iteration each.
+            g.warm_up_time(Duration::from_millis(100))
+                .measurement_time(Duration::from_millis(100));
+        }
+        let want = expected(n);
+        for name in NAMES {
+            let pool = Pool::new(name, false);
+            g.bench_function(name, |b| b.iter(|| assert_eq!(pool.burst(0, n), want)));
+        }
+        g.finish();
+    }
+}
+
+/// 1, 4 and 16 threads, started for each iteration (so that nothing they
+/// keep per thread outlives it), each submitting its share of 1M tasks and
+/// collecting its own results.
+fn q8_thread_submitters(c: &mut Criterion) {
+    let want = expected(SUBMITTED);
+    for threads in SUBMITTERS {
+        let mut g = c.benchmark_group(format!("q8_thread_submitters_{threads}"));
+        configure(&mut g, SUBMITTED);
+        g.warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_millis(100));
+        let share = SUBMITTED / threads as u64;
+        for name in NAMES {
+            let pool = Pool::new(name, true);
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    let sum: u64 = std::thread::scope(|s| {
+                        let pool = &pool;
+                        let handles: Vec<_> = (0..threads as u64)
+                            .map(|t| s.spawn(move || pool.burst(t * share, share)))
+                            .collect();
+                        handles.into_iter().map(|h| h.join().unwrap()).sum()
+                    });
+                    assert_eq!(sum, want);
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+/// How long a task of the busy pool computes, and how long its thread then
+/// waits for the next one (a sleep: in fact the timer's slack makes it
+/// about 100 µs).
+const BUSY_WORK: Duration = Duration::from_micros(50);
+const BUSY_IDLE: Duration = Duration::from_micros(50);
+
+/// Threads of another pool, one per CPU, that run tasks of [`BUSY_WORK`]
+/// with short waits between them until dropped: about a third of every CPU
+/// busy, so that the CPUs are sometimes all taken and sometimes not, as in
+/// a program whose other pools serve work of their own.
+struct Busy {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Busy {
+    fn start() -> Busy {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..cpus)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("other_pool_{i}"))
+                    .spawn(move || {
+                        let mut x = i as u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let task = std::time::Instant::now();
+                            while task.elapsed() < BUSY_WORK {
+                                for _ in 0..100 {
+                                    x = black_box(
+                                        x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                                    );
+                                }
+                            }
+                            std::thread::sleep(BUSY_IDLE);
+                        }
+                        black_box(x);
+                    })
+                    .expect("a busy thread")
+            })
+            .collect();
+        Busy { stop, threads }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Rounds of the latency measurement, and round trips per contender and
+/// round.
+const BUSY_ROUNDS: usize = 40;
+const BUSY_BATCH: u64 = 250;
+const LATENCY_GROUP: &str = "q9_thread_one_at_a_time_busy";
+
+/// One task at a time while another pool's threads are busy (see
+/// [`Busy`]). Not a criterion benchmark: on a shared machine the scheduler's
+/// mood changes within seconds, so the contenders take turns, a batch of
+/// round trips each per round (in a rotating order), all pools alive at
+/// once, and each one's mean is taken over all its batches. Written as
+/// `latency.json` beside criterion's results.
+fn q9_thread_one_at_a_time_busy() {
+    let dir = criterion_dir().expect("criterion's directory");
+    let reply = crossbeam_channel::unbounded();
+    let pools: Vec<Pool> = NAMES.iter().map(|name| Pool::new(name, false)).collect();
+    let want = expected(BUSY_BATCH);
+    // Warm up each pool (threads started, caches filled).
+    for pool in &pools {
+        assert_eq!(pool.one_at_a_time(BUSY_BATCH, &reply), want);
+    }
+    let busy = Busy::start();
+    let mut batches = vec![Vec::new(); pools.len()];
+    for round in 0..BUSY_ROUNDS {
+        for k in 0..pools.len() {
+            let i = (round + k) % pools.len();
+            let start = std::time::Instant::now();
+            assert_eq!(pools[i].one_at_a_time(BUSY_BATCH, &reply), want);
+            batches[i].push(start.elapsed().as_nanos() as f64 / BUSY_BATCH as f64);
+        }
+    }
+    drop(busy);
+    for (name, ns) in NAMES.iter().zip(&batches) {
+        let mean = ns.iter().sum::<f64>() / ns.len() as f64;
+        let lo = ns.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ns.iter().copied().fold(0.0, f64::max);
+        println!("{LATENCY_GROUP}/{name}: mean {mean:.0} ns per round trip (batches from {lo:.0} to {hi:.0})");
+        let out = dir.join(LATENCY_GROUP).join(name);
+        std::fs::create_dir_all(&out).expect("criterion's directory");
+        let json = format!(
+            "{{\"ns_per_task\": {mean}, \"lo\": {lo}, \"hi\": {hi}, \"tasks\": {}, \"batches\": {}}}\n",
+            BUSY_BATCH * BUSY_ROUNDS as u64,
+            ns.len()
+        );
+        std::fs::write(out.join("latency.json"), json).expect("latency.json");
+    }
+}
+
+/// Names the contender a memory child measures.
+const MEMORY_CHILD_ENV: &str = "TWINPOOL_BENCH_MEMORY_CHILD";
+const MEMORY_GROUP: &str = "q10_thread_peak_memory";
+
+/// A field of `/proc/self/status`, in bytes.
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// In a child: `MEMORY_TASKS` tasks outstanding on the contender `name`;
+/// prints the resident set before, its peak after, and their difference
+/// per task.
+fn memory_child(name: &str) {
+    let pool = Pool::new(name, false);
+    // Start the threads and warm up the code paths, with few tasks.
+    assert_eq!(pool.burst(0, 1_000), expected(1_000));
+    let before = status_bytes("VmRSS");
+    // From here the peak counts only the burst (writing 5 resets VmHWM to
+    // the current RSS; on a kernel without it the warm-up peak, which is
+    // small, stays in).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    assert_eq!(pool.burst(0, MEMORY_TASKS), expected(MEMORY_TASKS));
+    let peak = status_bytes("VmHWM");
+    let per_task = peak.saturating_sub(before) as f64 / MEMORY_TASKS as f64;
+    println!("{{\"before\": {before}, \"peak\": {peak}, \"tasks\": {MEMORY_TASKS}, \"bytes_per_task\": {per_task}}}");
+}
+
+/// The positional arguments of the bench run: criterion's filters.
+fn filters() -> Vec<String> {
+    const WITH_VALUE: [&str; 16] = [
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--measurement-time",
+        "--warm-up-time",
+        "--sample-size",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--format",
+    ];
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if WITH_VALUE.contains(&a.as_str()) {
+            args.next();
+        } else if !a.starts_with('-') {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Where criterion writes: `<target>/criterion`, found from this
+/// executable (`<target>/release/deps/thread_pool-*`).
+fn criterion_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(home.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+}
+
+/// The peak memory per outstanding task of each contender, each in a child
+/// process of its own (`MEMORY_RUNS` times, the median kept), written to
+/// `<criterion>/q10_thread_peak_memory/<contender>/memory.json`.
+fn q10_thread_peak_memory() {
+    let exe = std::env::current_exe().expect("this bench's executable");
+    let dir = criterion_dir().expect("criterion's directory");
+    for name in NAMES {
+        let mut runs: Vec<(f64, String)> = (0..MEMORY_RUNS)
+            .map(|_| {
+                let out = Command::new(&exe)
+                    .env(MEMORY_CHILD_ENV, name)
+                    .output()
+                    .expect("a memory child");
+                assert!(out.status.success(), "the memory child of {name} failed");
+                let line = String::from_utf8(out.stdout).expect("UTF-8");
+                let line = line.trim().to_string();
+                let per_task = line
+                    .rsplit_once(": ")
+                    .and_then(|(_, v)| v.trim_end_matches('}').parse::<f64>().ok())
+                    .expect("bytes_per_task");
+                (per_task, line)
+            })
+            .collect();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let all: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.0)).collect();
+        let (median, line) = &runs[runs.len() / 2];
+        println!("{MEMORY_GROUP}/{name}: {median:.1} B per outstanding task (runs: {all:?})");
+        let out = dir.join(MEMORY_GROUP).join(name);
+        std::fs::create_dir_all(&out).expect("criterion's directory");
+        let json = format!(
+            "{{\"median\": {line}, \"runs_bytes_per_task\": [{}]}}\n",
+            all.join(", ")
+        );
+        std::fs::write(out.join("memory.json"), json).expect("memory.json");
+    }
+}
+
+criterion_group!(
+    benches,
+    q1_thread_submit_result,
+    q7_thread_outstanding,
+    q8_thread_submitters
+);
+
+fn main() {
+    if let Ok(name) = std::env::var(MEMORY_CHILD_ENV) {
+        memory_child(&name);
+        return;
+    }
+    benches();
+    // The groups that are not criterion's: only when benchmarking (cargo
+    // bench passes --bench), and filtered as criterion filters: when no
+    // filter is given, or the filter (a regular expression; read here as
+    // `a|b|...` alternatives) names the group.
+    let filters = filters();
+    let bench = std::env::args().any(|a| a == "--bench");
+    let named = |group: &str| {
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| f.split('|').any(|alt| group.contains(alt)))
+    };
+    if bench && named(LATENCY_GROUP) {
+        q9_thread_one_at_a_time_busy();
+    }
+    if bench && named(MEMORY_GROUP) {
+        q10_thread_peak_memory();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}

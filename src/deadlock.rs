@@ -29,14 +29,18 @@
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::Error;
 
-/// A task's id and, for named tasks, its name: enough to describe it.
-pub(crate) struct TaskTag {
-    pub(crate) id: u64,
-    pub(crate) name: Option<std::sync::Arc<str>>,
+/// A task as this module sees it: its id and, for named tasks, its name,
+/// enough to describe it. Both are asked for only when a task waits.
+pub(crate) trait Tagged {
+    /// The task's id, unique in this process.
+    fn task_id(&self) -> u64;
+    /// The task's name, for named tasks.
+    fn task_name(&self) -> Option<std::sync::Arc<str>>;
 }
 
 thread_local! {
@@ -45,9 +49,9 @@ thread_local! {
     /// This pool thread's name, for messages.
     static THREAD: RefCell<String> = const { RefCell::new(String::new()) };
     /// The task this thread is running, innermost first when a wait runs
-    /// another task inline; null when none. It points into the task's
+    /// another task inline; `None` when none. It points into the task's
     /// shared state, which outlives the `running` call that set it.
-    static CURRENT: Cell<*const TaskTag> = const { Cell::new(std::ptr::null()) };
+    static CURRENT: Cell<Option<NonNull<dyn Tagged>>> = const { Cell::new(None) };
 }
 
 /// One recorded blocking wait.
@@ -83,25 +87,29 @@ pub(crate) fn current_pool() -> Option<u64> {
 
 /// Runs `f` as task `tag` on this thread: a blocking wait inside `f` is
 /// recorded as this task's. Cheap: a pointer is set and restored.
-pub(crate) fn running<R>(tag: &TaskTag, f: impl FnOnce() -> R) -> R {
-    struct Restore(*const TaskTag);
+pub(crate) fn running<R>(tag: &(dyn Tagged + 'static), f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<NonNull<dyn Tagged>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             CURRENT.with(|c| c.set(self.0));
         }
     }
-    let _restore = Restore(CURRENT.with(|c| c.replace(tag)));
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some(NonNull::from(tag)))));
     f()
 }
 
 /// The task this pool thread is running, described for messages.
 fn current_task() -> Option<(u64, String)> {
     current_pool()?;
-    let tag = CURRENT.with(Cell::get);
-    // SAFETY: a non-null CURRENT was set by `running`, which is still on
+    let tag = CURRENT.with(Cell::get)?;
+    // SAFETY: a CURRENT that is set was set by `running`, which is still on
     // this thread's stack, and points into state its caller keeps alive.
-    let tag = unsafe { tag.as_ref() }?;
-    Some((tag.id, THREAD.with(|t| describe(tag, &t.borrow()))))
+    let tag = unsafe { tag.as_ref() };
+    let id = tag.task_id();
+    Some((
+        id,
+        THREAD.with(|t| describe(id, tag.task_name(), &t.borrow())),
+    ))
 }
 
 /// Removes the edge of a wait when the wait ends.
@@ -117,10 +125,10 @@ impl Drop for WaitGuard {
     }
 }
 
-fn describe(tag: &TaskTag, thread: &str) -> String {
-    match &tag.name {
-        Some(name) => format!("task #{} ({name:?}) on thread {thread}", tag.id),
-        None => format!("task #{} on thread {thread}", tag.id),
+fn describe(id: u64, name: Option<std::sync::Arc<str>>, thread: &str) -> String {
+    match name {
+        Some(name) => format!("task #{id} ({name:?}) on thread {thread}"),
+        None => format!("task #{id} on thread {thread}"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The synchronisation types of a task's state ([`crate::future`]), from
-//! std, or from [loom] when the crate is built with `--cfg loom`.
+//! std, or from [loom] when the crate is built with `--cfg loom` (also the
+//! count of [`crate::recycle::Counted`], whose last drop frees the state).
 //!
 //! Loom runs a test body over and over, once for every way its threads can
 //! interleave (up to a bound), and checks each run: a lost wake-up shows up
@@ -20,10 +21,14 @@
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 #[cfg(loom)]
-pub(crate) use loom::sync::{atomic::AtomicU32, Condvar, Mutex, MutexGuard};
+pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU32};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::{atomic::AtomicU32, Condvar, Mutex, MutexGuard};
+pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Loom uses std's orderings.
 pub(crate) use std::sync::atomic::Ordering;

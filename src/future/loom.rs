@@ -16,7 +16,9 @@
 //!   borrows it (loom's cell reports two threads in the outcome at once,
 //!   and the callback checks it still sees the value);
 //! * a callback added while the completer runs the others: it runs once,
-//!   after them, before `result()` returns.
+//!   after them, before `result()` returns;
+//! * two threads that make a task's side (its mutex, made on first use)
+//!   at once: both end up on one side, and both callbacks run.
 //!
 //! Run them with (see `.ci/run`):
 //!
@@ -214,5 +216,31 @@ fn a_callback_added_while_others_run_runs_once_after_them() {
         assert_eq!(future.result(), Ok(1));
         assert_eq!(*order.lock().unwrap(), [1, 2]);
         completer.join().unwrap();
+    });
+}
+
+#[test]
+fn two_threads_making_the_side_at_once_share_one() {
+    loom::model(|| {
+        let shared = remote_running();
+        let future = Arc::new(Future::new(shared.clone()));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let other = {
+            let (future, runs) = (future.clone(), runs.clone());
+            thread::spawn(move || {
+                future.add_done_callback(move |r| {
+                    assert_eq!(r, &Ok(1));
+                    runs.fetch_add(1, SeqCst);
+                })
+            })
+        };
+        let r = runs.clone();
+        future.add_done_callback(move |r2| {
+            assert_eq!(r2, &Ok(1));
+            r.fetch_add(1, SeqCst);
+        });
+        other.join().unwrap();
+        shared.complete(Ok(1));
+        assert_eq!(runs.load(SeqCst), 2, "a callback was left on a lost side");
     });
 }

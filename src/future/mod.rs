@@ -5,6 +5,7 @@
 //! ends share that state machine; this module only gives it Python's names.
 
 mod state;
+mod waiting;
 
 // The model checks of `state`: see that module's doc for how to run them.
 #[cfg(all(test, loom))]
@@ -64,6 +65,14 @@ impl<T: Send + 'static> Future<T> {
     /// submit-and-wait works with one worker. If the wait could never end
     /// (tasks waiting on each other in a cycle) it returns
     /// [`Error::Deadlock`] at once instead of hanging.
+    ///
+    /// A wait for a task that has not ended spins only while that pays:
+    /// for about twice as long as this thread's recent waits lasted, at
+    /// most 100 µs and not at all when they took longer. While the machine
+    /// has more runnable threads than CPUs it spins 5 µs at most and never
+    /// yields (the CPU is better left to those threads). Past that the
+    /// thread sleeps until the task ends. [`wait`](Self::wait) and the
+    /// timed waits do the same; `.await` never spins.
     pub fn result(self) -> Result<T, Error> {
         self.shared.wait_until(Until::Takeable, None)?;
         // SAFETY: `self` is owned here.
