@@ -197,6 +197,7 @@ impl Shared {
         self.inner.key
     }
 
+    #[cfg(feature = "process")]
     /// Watches this handle without keeping it alive.
     pub(crate) fn watch(&self) -> Watch {
         Watch(Arc::downgrade(&self.inner))
@@ -296,10 +297,12 @@ impl PartialEq for Shared {
 
 impl Eq for Shared {}
 
+#[cfg(feature = "process")]
 /// A [`Shared`] watched without being kept alive (see
 /// [`Shared::watch`]): how a link knows when to tell a worker to let go.
 pub(crate) struct Watch(Weak<Inner>);
 
+#[cfg(feature = "process")]
 impl Watch {
     /// Whether every handle of this process is gone.
     pub(crate) fn is_gone(&self) -> bool {
@@ -319,6 +322,7 @@ std::thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+#[cfg(feature = "process")]
 /// Runs `encode` and returns, with its result, every distinct handle it
 /// serialized: a process pool keeps them with the task (so the pool's
 /// handle outlives the task) and hands their segments to the worker.
@@ -346,6 +350,7 @@ std::thread_local! {
     static REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
+#[cfg(feature = "process")]
 /// Why a handle was just refused, if one was (once).
 pub(crate) fn take_refusal() -> Option<String> {
     REFUSAL.try_with(|r| r.borrow_mut().take()).ok().flatten()
