@@ -1,5 +1,7 @@
-//! Questions 2 to 6 of the benchmarks: the process back end next to procspawn, raw
-//! ipc-channel and a raw pipe, plus the chunked map on both back ends.
+//! The process back end's benchmarks: next to procspawn, raw ipc-channel and
+//! a raw pipe (questions 2 to 6), the chunked map on both back ends,
+//! payloads from 1 KiB to 1 GiB (11) and the parent's memory per queued
+//! task (13).
 //!
 //! This bench program is its own worker: its `main` first lets a twinpool
 //! worker serve (`serve_if_worker`), then a procspawn child (`procspawn::init`),
@@ -14,6 +16,8 @@
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::Duration;
+
+mod common;
 
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, SamplingMode, Throughput};
@@ -49,8 +53,17 @@ fn inc_chunk(v: Vec<u64>) -> Vec<u64> {
     v.into_iter().map(inc).collect()
 }
 
+/// Holds its worker for `ms` milliseconds: the task the queued ones wait
+/// behind.
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
 fn tasks() -> Registry {
-    Registry::new().register("inc", inc).register("len", len)
+    Registry::new()
+        .register("inc", inc)
+        .register("len", len)
+        .register("sleep_ms", sleep_ms)
 }
 
 /// The sum of `inc` over `0..n`, which every iteration checks.
@@ -529,7 +542,7 @@ fn q5_transfer_64mib(c: &mut Criterion, one: &Executor) {
     g.finish();
 }
 
-/// The payload sizes of Q7, with their labels.
+/// The payload sizes of Q11, with their labels.
 const PAYLOADS: [(&str, usize); 8] = [
     ("1kib", 1 << 10),
     ("16kib", 16 << 10),
@@ -541,12 +554,12 @@ const PAYLOADS: [(&str, usize); 8] = [
     ("1gib", 1 << 30),
 ];
 
-/// Q7: a `Vec<u8>` of each size to a worker and its length back, one at a
+/// Q11: a `Vec<u8>` of each size to a worker and its length back, one at a
 /// time, beside raw ipc-channel bytes carrying the same bytes.
-fn q7_payloads(c: &mut Criterion, one: &Executor) {
+fn q11_payloads(c: &mut Criterion, one: &Executor) {
     let child = raw::IpcChild::start();
     for (label, size) in PAYLOADS {
-        let mut g = c.benchmark_group(format!("q7_payload_{label}"));
+        let mut g = c.benchmark_group(format!("q11_payload_{label}"));
         configure(&mut g);
         g.throughput(Throughput::Bytes(size as u64));
         let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
@@ -620,11 +633,47 @@ fn q6_pool_start(c: &mut Criterion, group: &str) {
     g.finish();
 }
 
+/// Tasks queued in the parent in the memory measurement (Q13).
+const QUEUED: u64 = 1_000_000;
+/// Child processes measured; the median is kept.
+const QUEUED_RUNS: usize = 3;
+const QUEUED_CHILD_ENV: &str = "TWINPOOL_BENCH_QUEUED_CHILD";
+const QUEUED_GROUP: &str = "q13_process_queued_memory";
+
+/// In a child: `QUEUED` small tasks queued behind a task that holds the
+/// only worker; the parent's peak memory they add, per task, futures
+/// included (a program must hold them to get the results).
+fn queued_memory_child() {
+    let ex = Executor::processes(1, tasks()).expect("a process pool");
+    // Warm up the code paths and the buffers.
+    for i in 0..1_000 {
+        let f = ex.submit_named::<u64, u64>("inc", i).expect("submit");
+        assert_eq!(f.result().expect("result"), i + 1);
+    }
+    let _holder = ex
+        .submit_named::<u64, ()>("sleep_ms", 600_000)
+        .expect("submit");
+    let mut queued = Vec::new();
+    common::memory_child(QUEUED, || {
+        queued = (0..QUEUED)
+            .map(|i| ex.submit_named::<u64, u64>("inc", i).expect("submit"))
+            .collect();
+    });
+    // Nothing more to run: end the worker now rather than in ten minutes.
+    let _ = ex.kill_workers();
+    drop(queued);
+    ex.shutdown(true, true);
+}
+
 fn main() {
     // Worker processes re-run this program: let each serve and exit first.
     twinpool::serve_if_worker(&tasks());
     procspawn::init();
     raw::serve_if_child();
+    if std::env::var_os(QUEUED_CHILD_ENV).is_some() {
+        queued_memory_child();
+        return;
+    }
 
     let mut c = Criterion::default().configure_from_args();
     // First, while this process is small.
@@ -633,12 +682,15 @@ fn main() {
     q2_process_pipelined(&mut c, &one);
     q3_process_round_trip(&mut c, &one);
     q5_transfer_64mib(&mut c, &one);
-    q7_payloads(&mut c, &one);
+    q11_payloads(&mut c, &one);
     drop(one);
     q4_chunked_map(&mut c);
     let heap: Vec<u8> = vec![1; 256 << 20];
     q6_pool_start(&mut c, "q6_pool_start_256mib_heap");
     black_box(&heap);
     drop(heap);
+    if common::runs_now(QUEUED_GROUP) {
+        common::memory_runs(QUEUED_CHILD_ENV, QUEUED_GROUP, "twinpool", QUEUED_RUNS);
+    }
     c.final_summary();
 }

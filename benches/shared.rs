@@ -8,12 +8,14 @@
 //! one JSON line that `benches/report.py` reads:
 //!
 //! ```text
-//! {"group": "q8_shared_256mib", "name": "twinpool_shared", "seconds": [..], "median_s": ..}
+//! {"group": "q12_shared_256mib", "name": "twinpool_shared", "seconds": [..], "median_s": ..}
 //! ```
 //!
 //! `cargo bench --bench shared`; `TWINPOOL_BENCH_SHARED_MIB`,
 //! `TWINPOOL_BENCH_SHARED_TASKS` and `TWINPOOL_BENCH_SHARED_ROUNDS` change
 //! the size, the number of tasks and of rounds (defaults 256, 100, 3).
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,13 +96,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     twinpool::serve_if_worker(&tasks());
-    // `cargo bench` passes `--bench`; a filter that does not name this
-    // program's group skips it.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "q8_shared".contains(f.as_str())) {
+    // Only when benchmarking, and when no filter or a filter naming this
+    // group was given (as criterion filters).
+    if !common::runs_now("q12_shared") {
         return;
     }
     let mib = env("TWINPOOL_BENCH_SHARED_MIB", 256);
@@ -113,7 +111,7 @@ fn main() {
         shared.push(with_shared(&data, tasks, expect));
         each.push(sending_each(&data, tasks, expect));
     }
-    let group = format!("q8_shared_{mib}mib");
+    let group = format!("q12_shared_{mib}mib");
     for (name, mut seconds) in [("twinpool_shared", shared), ("twinpool_send_each", each)] {
         let list: Vec<String> = seconds.iter().map(|s| format!("{s:.4}")).collect();
         let m = median(&mut seconds);

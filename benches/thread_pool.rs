@@ -27,9 +27,9 @@
 //! time per task. `benches/report.py` reads the estimates from
 //! `target/criterion/`.
 
+mod common;
+
 use std::hint::black_box;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -454,7 +454,7 @@ const LATENCY_GROUP: &str = "q9_thread_one_at_a_time_busy";
 /// once, and each one's mean is taken over all its batches. Written as
 /// `latency.json` beside criterion's results.
 fn q9_thread_one_at_a_time_busy() {
-    let dir = criterion_dir().expect("criterion's directory");
+    let dir = common::criterion_dir().expect("criterion's directory");
     let reply = crossbeam_channel::unbounded();
     let pools: Vec<Pool> = NAMES.iter().map(|name| Pool::new(name, false)).collect();
     let want = expected(BUSY_BATCH);
@@ -493,17 +493,6 @@ fn q9_thread_one_at_a_time_busy() {
 const MEMORY_CHILD_ENV: &str = "TWINPOOL_BENCH_MEMORY_CHILD";
 const MEMORY_GROUP: &str = "q10_thread_peak_memory";
 
-/// A field of `/proc/self/status`, in bytes.
-fn status_bytes(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
-}
-
 /// In a child: `MEMORY_TASKS` tasks outstanding on the contender `name`;
 /// prints the resident set before, its peak after, and their difference
 /// per task.
@@ -511,93 +500,17 @@ fn memory_child(name: &str) {
     let pool = Pool::new(name, false);
     // Start the threads and warm up the code paths, with few tasks.
     assert_eq!(pool.burst(0, 1_000), expected(1_000));
-    let before = status_bytes("VmRSS");
-    // From here the peak counts only the burst (writing 5 resets VmHWM to
-    // the current RSS; on a kernel without it the warm-up peak, which is
-    // small, stays in).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    assert_eq!(pool.burst(0, MEMORY_TASKS), expected(MEMORY_TASKS));
-    let peak = status_bytes("VmHWM");
-    let per_task = peak.saturating_sub(before) as f64 / MEMORY_TASKS as f64;
-    println!("{{\"before\": {before}, \"peak\": {peak}, \"tasks\": {MEMORY_TASKS}, \"bytes_per_task\": {per_task}}}");
-}
-
-/// The positional arguments of the bench run: criterion's filters.
-fn filters() -> Vec<String> {
-    const WITH_VALUE: [&str; 16] = [
-        "--save-baseline",
-        "--baseline",
-        "--baseline-lenient",
-        "--load-baseline",
-        "--measurement-time",
-        "--warm-up-time",
-        "--sample-size",
-        "--nresamples",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--profile-time",
-        "--output-format",
-        "--color",
-        "--plotting-backend",
-        "--format",
-    ];
-    let mut out = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if WITH_VALUE.contains(&a.as_str()) {
-            args.next();
-        } else if !a.starts_with('-') {
-            out.push(a);
-        }
-    }
-    out
-}
-
-/// Where criterion writes: `<target>/criterion`, found from this
-/// executable (`<target>/release/deps/thread_pool-*`).
-fn criterion_dir() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Some(home.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+    common::memory_child(MEMORY_TASKS, || {
+        assert_eq!(pool.burst(0, MEMORY_TASKS), expected(MEMORY_TASKS));
+    });
 }
 
 /// The peak memory per outstanding task of each contender, each in a child
 /// process of its own (`MEMORY_RUNS` times, the median kept), written to
 /// `<criterion>/q10_thread_peak_memory/<contender>/memory.json`.
 fn q10_thread_peak_memory() {
-    let exe = std::env::current_exe().expect("this bench's executable");
-    let dir = criterion_dir().expect("criterion's directory");
     for name in NAMES {
-        let mut runs: Vec<(f64, String)> = (0..MEMORY_RUNS)
-            .map(|_| {
-                let out = Command::new(&exe)
-                    .env(MEMORY_CHILD_ENV, name)
-                    .output()
-                    .expect("a memory child");
-                assert!(out.status.success(), "the memory child of {name} failed");
-                let line = String::from_utf8(out.stdout).expect("UTF-8");
-                let line = line.trim().to_string();
-                let per_task = line
-                    .rsplit_once(": ")
-                    .and_then(|(_, v)| v.trim_end_matches('}').parse::<f64>().ok())
-                    .expect("bytes_per_task");
-                (per_task, line)
-            })
-            .collect();
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let all: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.0)).collect();
-        let (median, line) = &runs[runs.len() / 2];
-        println!("{MEMORY_GROUP}/{name}: {median:.1} B per outstanding task (runs: {all:?})");
-        let out = dir.join(MEMORY_GROUP).join(name);
-        std::fs::create_dir_all(&out).expect("criterion's directory");
-        let json = format!(
-            "{{\"median\": {line}, \"runs_bytes_per_task\": [{}]}}\n",
-            all.join(", ")
-        );
-        std::fs::write(out.join("memory.json"), json).expect("memory.json");
+        common::memory_runs(MEMORY_CHILD_ENV, MEMORY_GROUP, name, MEMORY_RUNS);
     }
 }
 
@@ -618,18 +531,10 @@ fn main() {
     // bench passes --bench), and filtered as criterion filters: when no
     // filter is given, or the filter (a regular expression; read here as
     // `a|b|...` alternatives) names the group.
-    let filters = filters();
-    let bench = std::env::args().any(|a| a == "--bench");
-    let named = |group: &str| {
-        filters.is_empty()
-            || filters
-                .iter()
-                .any(|f| f.split('|').any(|alt| group.contains(alt)))
-    };
-    if bench && named(LATENCY_GROUP) {
+    if common::runs_now(LATENCY_GROUP) {
         q9_thread_one_at_a_time_busy();
     }
-    if bench && named(MEMORY_GROUP) {
+    if common::runs_now(MEMORY_GROUP) {
         q10_thread_peak_memory();
     }
     Criterion::default().configure_from_args().final_summary();
