@@ -280,6 +280,12 @@ pub(crate) trait WorkSlot<T>: Send + Sync {
     fn stopper(&self) -> Option<&Stopper> {
         None
     }
+    /// For process tasks: the id given when the task was made (a process
+    /// task needs one at once, to name it to the scheduler). A thread task
+    /// gets its id from its [`Side`], when first asked.
+    fn fixed_id(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A thread task's work, then its outcome, in the same bytes.
@@ -350,12 +356,15 @@ where
     }
 }
 
-/// A process task has no work here: its worker runs it. It holds how to
-/// stop it, and the outcome cell.
+/// A process task has no work here: its worker runs it. It holds its id,
+/// how to stop it, and the outcome cell. Keeping the id here rather than in
+/// a [`Side`] spares every queued process task that allocation: a side is
+/// made only if someone sleeps on the task.
 #[cfg_attr(not(feature = "process"), allow(dead_code))]
 pub(crate) struct Remote<T> {
     outcome: UnsafeCell<Outcome<T>>,
     stopper: Stopper,
+    id: u64,
 }
 
 // SAFETY: the outcome cell is only touched by one thread at a time (see
@@ -384,6 +393,9 @@ impl<T: Send> WorkSlot<T> for Remote<T> {
     }
     fn stopper(&self) -> Option<&Stopper> {
         Some(&self.stopper)
+    }
+    fn fixed_id(&self) -> Option<u64> {
+        Some(self.id)
     }
 }
 
@@ -539,18 +551,22 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     /// A new pending process task that `stopper` can stop while it runs.
+    /// It has no name here (its name travels with the task to the worker,
+    /// and the name a state keeps only serves thread tasks that run in this
+    /// process), so it needs no [`Side`] until someone sleeps on it.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn remote(pool: u64, name: Option<Arc<str>>, stopper: Stopper) -> Counted<Self> {
+    pub(crate) fn remote(pool: u64, stopper: Stopper) -> Counted<Self> {
         // SAFETY: `Shared` is `repr(C)` and starts with its count; one
         // handle for a count of one.
         unsafe {
             Counted::from_raw(recycle::place(
                 Shared::build(
                     pool,
-                    name,
+                    None,
                     Remote {
                         outcome: UnsafeCell::new(None),
                         stopper,
+                        id: next_task_id(),
                     },
                 ),
                 1,
@@ -580,9 +596,13 @@ impl<T, W: WorkSlot<T>> Shared<T, W> {
 }
 
 impl<T, W: ?Sized + WorkSlot<T>> Shared<T, W> {
-    /// The task's id, unique in this process (given on first use).
+    /// The task's id, unique in this process: a process task's from its
+    /// slot, a thread task's from its side (given on first use).
     pub(crate) fn id(&self) -> u64 {
-        self.head.side().id
+        match self.work.fixed_id() {
+            Some(id) => id,
+            None => self.head.side().id,
+        }
     }
 }
 
@@ -1231,7 +1251,7 @@ mod tests {
     /// added, then the completer tries to publish with its stale look.
     #[test]
     fn a_callback_added_after_the_completers_look_still_runs() {
-        let shared = Shared::<u64>::remote(0, None, Arc::new(|_| {}));
+        let shared = Shared::<u64>::remote(0, Arc::new(|_| {}));
         assert!(shared.claim_remote());
         assert!(shared.advance(RUNNING, COMPLETING));
         let look = shared.head.phase.load(Ordering::Acquire);
@@ -1261,7 +1281,7 @@ mod tests {
     /// Without anyone on the mutex side, completion publishes lock-free.
     #[test]
     fn a_lone_completion_publishes_without_the_lock() {
-        let shared = Shared::<u64>::remote(0, None, Arc::new(|_| {}));
+        let shared = Shared::<u64>::remote(0, Arc::new(|_| {}));
         assert!(shared.claim_remote());
         assert!(shared.advance(RUNNING, COMPLETING));
         let look = shared.head.phase.load(Ordering::Acquire);

@@ -180,8 +180,8 @@ impl ProcessPool {
         self.id
     }
 
-    fn new_shared<T: Send + 'static>(&self, entry: &Entry) -> Counted<Shared<T>> {
-        Shared::remote(self.id, Some(entry.name.clone()), self.stopper.clone())
+    fn new_shared<T: Send + 'static>(&self) -> Counted<Shared<T>> {
+        Shared::remote(self.id, self.stopper.clone())
     }
 
     /// Queues task `entry` on `arg`, with a time limit (`None`: the pool's
@@ -197,7 +197,7 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = self.new_shared(entry);
+        let shared = self.new_shared();
         let future = Future::new(shared.clone());
         if !entry.matches::<A, R>() {
             shared.complete(Err(entry.type_mismatch::<A, R>()));
@@ -221,7 +221,7 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = self.new_shared(entry);
+        let shared = self.new_shared();
         let future = Future::new(shared.clone());
         if !entry.matches::<A, R>() {
             shared.complete(Err(entry.type_mismatch::<A, R>()));

@@ -83,19 +83,30 @@ pub(crate) enum Answer {
 
 /// The future's side of a task, with its result type erased.
 pub(crate) trait Completion: Send + Sync {
+    fn id(&self) -> TaskId;
     fn claim(&self) -> bool;
     fn cancel(&self) -> bool;
     fn fail(&self, err: Error);
     fn finish(&self, answer: Answer, name: &str);
 }
 
-/// A future's state and how an answer becomes its result.
-struct Typed<T> {
+/// A future's state and how an answer becomes its result. `D` is the type
+/// of a function item (one of [`one_result`], [`chunk_result`],
+/// [`one_as_chunk`]), so it takes no room: a queued task is smaller by a
+/// pointer.
+struct Typed<T, D> {
     shared: Counted<Shared<T>>,
-    decode: fn(Answer, &str) -> Result<T, Error>,
+    decode: D,
 }
 
-impl<T: Send + 'static> Completion for Typed<T> {
+impl<T, D> Completion for Typed<T, D>
+where
+    T: Send + 'static,
+    D: Fn(Answer, &str) -> Result<T, Error> + Send + Sync,
+{
+    fn id(&self) -> TaskId {
+        self.shared.id()
+    }
     fn claim(&self) -> bool {
         self.shared.claim_remote()
     }
@@ -133,7 +144,6 @@ impl<T: Send + 'static> Completion for Typed<T> {
 /// last field, so that one allocation holds it all (`Arc<RemoteTask>` is
 /// `Arc<RemoteTask<dyn Completion>>`).
 pub(crate) struct RemoteTask<C: ?Sized = dyn Completion> {
-    id: TaskId,
     name: Arc<str>,
     payload: Payload,
     job: C,
@@ -169,14 +179,17 @@ impl RemoteTask {
         RemoteTask::new(shared, name, payload, one_as_chunk::<R>)
     }
 
-    fn new<T: Send + 'static>(
+    fn new<T, D>(
         shared: Counted<Shared<T>>,
         name: Arc<str>,
         payload: Payload,
-        decode: fn(Answer, &str) -> Result<T, Error>,
-    ) -> Arc<RemoteTask> {
+        decode: D,
+    ) -> Arc<RemoteTask>
+    where
+        T: Send + 'static,
+        D: Fn(Answer, &str) -> Result<T, Error> + Send + Sync + 'static,
+    {
         Arc::new(RemoteTask {
-            id: shared.id(),
             name,
             payload,
             job: Typed { shared, decode },
@@ -196,12 +209,12 @@ impl RemoteTask {
     /// Appends its record, with its claim, to a frame.
     pub(crate) fn write(&self, w: &mut Writer, claim: ClaimRef) {
         match self.payload.bare() {
-            Payload::One(p) => w.run(self.id, claim, &self.name, BodyRef::of(p)),
+            Payload::One(p) => w.run(self.job.id(), claim, &self.name, BodyRef::of(p)),
             Payload::Small(b, n) => {
                 let bytes = &b[..usize::from(*n)];
-                w.run(self.id, claim, &self.name, BodyRef::Inline(bytes));
+                w.run(self.job.id(), claim, &self.name, BodyRef::Inline(bytes));
             }
-            Payload::Chunk(p) => w.chunk(self.id, claim, &self.name, BodyRef::of(p)),
+            Payload::Chunk(p) => w.chunk(self.job.id(), claim, &self.name, BodyRef::of(p)),
             Payload::Attached(_) => unreachable_attached(),
         }
     }
@@ -236,7 +249,7 @@ impl RemoteTask {
 
 impl Handle for Arc<RemoteTask> {
     fn id(&self) -> TaskId {
-        self.id
+        self.job.id()
     }
     fn claim(&self) -> bool {
         self.job.claim()
