@@ -54,9 +54,18 @@ GROUPS = {
     "q9_thread_one_at_a_time_busy": "9. One submit + result at a time while another pool's threads (one per CPU) run 50 µs tasks with short waits between",
     "q10_thread_peak_memory": "10. Peak resident memory per outstanding task, 1M u64 tasks (VmHWM of a child per contender, median of 3)",
 }
+# Q11: a Vec<u8> of each size to a worker, its length back, one at a time.
+PAYLOADS = [("1kib", "1 KiB"), ("16kib", "16 KiB"), ("64kib", "64 KiB"), ("256kib", "256 KiB"),
+            ("1mib", "1 MiB"), ("16mib", "16 MiB"), ("256mib", "256 MiB"), ("1gib", "1 GiB")]
+for i, (label, size) in enumerate(PAYLOADS):
+    GROUPS[f"q11_payload_{label}"] = f"11{'abcdefgh'[i]}. {size} Vec<u8> to a worker, its length back (1 worker)"
+SHARED_GROUP = "q12_shared_256mib"
+GROUPS[SHARED_GROUP] = "12. 100 tasks on 2 workers each read the same 256 MiB: one Shared, or the bytes sent with every task (median of 3 rounds, fresh pools)"
+QUEUED_GROUP = "q13_process_queued_memory"
+GROUPS[QUEUED_GROUP] = "13. Parent memory per queued small process task, 1M queued behind a busy worker, futures included (VmHWM of a child, median of 3)"
 
 # Groups whose numbers are bytes per task (read from memory.json), not times.
-MEMORY_GROUPS = {"q10_thread_peak_memory"}
+MEMORY_GROUPS = {"q10_thread_peak_memory", "q13_process_queued_memory"}
 # Groups the thread bench measures itself, contenders taking turns (read
 # from latency.json: ns per task).
 LATENCY_GROUPS = {"q9_thread_one_at_a_time_busy"}
@@ -86,6 +95,8 @@ COMPARISONS = [
 ] + [(g, "twinpool", THREAD_PEERS) for g, _ in SIZE_GROUPS] + [
     ("q9_thread_one_at_a_time_busy", "twinpool", THREAD_PEERS),
     ("q10_thread_peak_memory", "twinpool", THREAD_PEERS),
+] + [(f"q11_payload_{label}", "twinpool", ["raw_ipc_channel"]) for label, _ in PAYLOADS] + [
+    (SHARED_GROUP, "twinpool_shared", ["twinpool_send_each"]),
 ]
 
 
@@ -135,6 +146,12 @@ def run_benches(criterion_dir):
     run_bounded(
         ["cargo", "bench", "--bench", "thread_pool", "--bench", "process_pool", "--", "--save-baseline", BASELINE]
     )
+    # Not criterion's: it prints one JSON line per contender.
+    shared = subprocess.run(
+        ["cargo", "bench", "--bench", "shared"], cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE, timeout=BENCH_TIMEOUT_S
+    ).stdout
+    criterion_dir.mkdir(parents=True, exist_ok=True)
+    (criterion_dir / SHARED_JSONL).write_text("".join(l + "\n" for l in shared.splitlines() if l.startswith("{")))
     out = subprocess.run(
         [sys.executable, str(BENCHES / "python_peer.py")],
         cwd=ROOT,
@@ -179,11 +196,18 @@ class Result:
             return f"{self.elements:,} tasks outstanding"
         ms = self.ns_per_iter / 1e6
         if self.nbytes:
-            return f"{fmt(ms)} ms per 64 MiB"
+            return f"{fmt(ms)} ms per {size_text(self.nbytes)}"
         if self.elements:
             what = "items" if self.group == "q4_chunked_map" else "tasks"
             return f"{fmt(ms)} ms per {self.elements:,} {what}"
         return f"{fmt(ms)} ms per run"
+
+
+def size_text(n):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} B"
 
 
 def fmt(x):
@@ -255,6 +279,30 @@ def read_criterion(criterion_dir):
                 elements=tp.get("Elements"),
                 nbytes=tp.get("Bytes") or tp.get("BytesDecimal"),
             )
+    return out
+
+
+# Where the run keeps the Shared bench's lines (in criterion's directory).
+SHARED_JSONL = "q12_shared.jsonl"
+
+
+def read_shared(criterion_dir):
+    out = {}
+    p = criterion_dir / SHARED_JSONL
+    if not p.exists():
+        return out
+    for line in p.read_text().splitlines():
+        rec = json.loads(line)
+        secs = rec["seconds"]
+        out[(rec["group"], rec["name"])] = Result(
+            rec["group"],
+            rec["name"],
+            rec["median_s"] * 1e9,
+            min(secs) * 1e9,
+            max(secs) * 1e9,
+            elements=rec["tasks"],
+            source=f"median of {len(secs)} rounds",
+        )
     return out
 
 
@@ -382,6 +430,45 @@ def targets(res):
         rows.append((desc, f"{fmt(t.cost())} B/task" + (f" ({others})" if others else ""), t.cost() <= 96))
     else:
         rows.append((desc, "not measured", None))
+
+    # Payloads of every size: at least 0.8x raw ipc-channel bytes, at least
+    # 1x from 1 MiB up, and no cliff: twinpool's share of the raw speed
+    # changes by at most 2x from one size to the next.
+    shares = []
+    for i, (label, size) in enumerate(PAYLOADS):
+        g = f"q11_payload_{label}"
+        need = 1.0 if i >= 4 else 0.8
+        desc = f"{size} Vec<u8> to a worker at least {need:g}x raw ipc-channel bytes"
+        t, raw = get(g, "twinpool"), get(g, "raw_ipc_channel")
+        if not t or not raw:
+            rows.append((desc, "not measured", None))
+            shares.append(None)
+            continue
+        share = raw.cost() / t.cost()
+        shares.append((size, share))
+        rows.append((desc, f"{fmt(share)}x ({fmt(t.shown()[0])} vs {fmt(raw.shown()[0])} MiB/s)", share >= need))
+    pairs = [(a, b) for a, b in zip(shares, shares[1:]) if a and b]
+    desc = "No cliff: from one payload size to the next, twinpool's share of raw speed changes at most 2x"
+    if pairs:
+        (sa, a), (sb, b) = max(pairs, key=lambda p: max(p[0][1] / p[1][1], p[1][1] / p[0][1]))
+        worst = max(a / b, b / a)
+        rows.append((desc, f"largest change {fmt(worst)}x ({sa} {fmt(a)}x → {sb} {fmt(b)}x)", worst <= 2))
+    else:
+        rows.append((desc, "not measured", None))
+
+    desc = "100 tasks reading one 256 MiB input: a Shared faster than sending it with each task"
+    t, each = get(SHARED_GROUP, "twinpool_shared"), get(SHARED_GROUP, "twinpool_send_each")
+    if t and each:
+        rows.append((desc, f"{fmt(each.cost() / t.cost())}x faster ({fmt(t.ns_per_iter / 1e9)} vs {fmt(each.ns_per_iter / 1e9)} s)", t.cost() < each.cost()))
+    else:
+        rows.append((desc, "not measured", None))
+
+    desc = "Parent memory per queued small process task at most 128 B"
+    t = get(QUEUED_GROUP, "twinpool")
+    if t:
+        rows.append((desc, f"{fmt(t.cost())} B/task (Python's ProcessPoolExecutor: about 2,000, not measured here)", t.cost() <= 128))
+    else:
+        rows.append((desc, "not measured", None))
     return rows
 
 
@@ -491,6 +578,7 @@ def main():
         run_benches(criterion_dir)
     load_after = loadavg()
     res = read_criterion(criterion_dir)
+    res.update(read_shared(criterion_dir))
     py, py_meta = read_python()
     res.update(py)
     rows = ratio_rows(res)
@@ -535,6 +623,9 @@ def main():
         "- `procspawn`: `procspawn::Pool` (1.0); pipelined with at most 64 handles in flight, chunks as one spawn per 1000 items.",
         "- `raw_spawn_pipe`: start 2 raw pipe children (std `Command`, posix_spawn), one round trip each, close and reap; `raw_spawn_pipe_fork` adds a `pre_exec` hook, which makes std `fork` (twinpool started its workers so until commit 5e41bd3).",
         "- `memcpy`: `copy_from_slice` of 64 MiB into a preallocated buffer.",
+        "- Group 11: one task at a time on a 1-worker pool, its `Vec<u8>` argument moved in (a fresh copy made outside the timing); `raw_ipc_channel` sends the same bytes as one ipc-channel byte message to a child that answers with their length.",
+        "- Group 12: `cargo bench --bench shared`: in each round a fresh 2-worker pool maps 100 tasks over the same 256 MiB, at most 4 ahead, either as clones of one `Shared` (made inside the timing) or as a fresh `Vec<u8>` per task; rounds alternate.",
+        "- Group 13: a child of the bench with a 1-worker pool whose worker sleeps in a task while 1M `inc` tasks are submitted; (peak RSS during the submissions - RSS before) / 1M, the `Vec` of futures included.",
         "- Python: `benches/python_peer.py`, ThreadPoolExecutor / ProcessPoolExecutor with the same trivial task.",
         "",
     ]
