@@ -443,7 +443,7 @@ impl Drop for Busy {
 
 /// Rounds of the latency measurement, and round trips per contender and
 /// round.
-const BUSY_ROUNDS: usize = 40;
+const BUSY_ROUNDS: usize = 400;
 const BUSY_BATCH: u64 = 250;
 const LATENCY_GROUP: &str = "q9_thread_one_at_a_time_busy";
 

@@ -24,7 +24,15 @@
 //!   running on another CPU; then it sleeps. Interleaved beside a pool
 //!   whose threads were busy a third of the time, sleeping at once made a
 //!   round trip 0.8-2.5x as long as a raw crossbeam pool's (which spins
-//!   and yields), 1.4x as a rule; the short spin brought it to 0.9-1.2x.
+//!   and yields), 1.4x as a rule; the short spin brought it to 0.9-1.2x in
+//!   40-round runs, and to 1.4-2.5x in 400-round runs (three of them).
+//!   What the raw pool has that this rule gives up: when the machine is
+//!   crowded, the worker that was woken for the task is runnable but has
+//!   no CPU, and a yield hands it the waiter's; a waiter that sleeps
+//!   instead costs a futex wake and two context switches per task (in the
+//!   slow rounds of a probe, 12,000-13,000 voluntary switches of the
+//!   waiting thread per 20,000 one-at-a-time tasks, against 300-800 for
+//!   the raw pool; counted from `/proc/thread-self/status`).
 //!
 //! What the rule against yielding on a crowded machine costs: a pipeline
 //! of process tasks on 2 CPUs crowds the machine by itself (the worker,
