@@ -7,7 +7,7 @@
                                          # benches/python_peer.jsonl
     python3 benches/report.py --no-readme  # leave README.md alone
 
-It runs `cargo bench --bench thread_pool --bench process_pool -- --save-baseline
+It runs `cargo bench -p twinpool-benches --bench thread_pool --bench process_pool -- --save-baseline
 issue5-report` (criterion; estimates read from
 target/criterion/<group>/<bench>/issue5-report/), then
 benches/python_peer.py (its JSON lines are kept in benches/python_peer.jsonl),
@@ -144,11 +144,11 @@ def run_benches(criterion_dir):
         for p in list(criterion_dir.glob(f"{group}/*/memory.json")) + list(criterion_dir.glob(f"{group}/*/latency.json")):
             p.unlink()
     run_bounded(
-        ["cargo", "bench", "--bench", "thread_pool", "--bench", "process_pool", "--", "--save-baseline", BASELINE]
+        ["cargo", "bench", "-p", "twinpool-benches", "--bench", "thread_pool", "--bench", "process_pool", "--", "--save-baseline", BASELINE]
     )
     # Not criterion's: it prints one JSON line per contender.
     shared = subprocess.run(
-        ["cargo", "bench", "--bench", "shared"], cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE, timeout=BENCH_TIMEOUT_S
+        ["cargo", "bench", "-p", "twinpool-benches", "--bench", "shared"], cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE, timeout=BENCH_TIMEOUT_S
     ).stdout
     criterion_dir.mkdir(parents=True, exist_ok=True)
     (criterion_dir / SHARED_JSONL).write_text("".join(l + "\n" for l in shared.splitlines() if l.startswith("{")))
@@ -624,7 +624,7 @@ def main():
         "- `raw_spawn_pipe`: start 2 raw pipe children (std `Command`, posix_spawn), one round trip each, close and reap; `raw_spawn_pipe_fork` adds a `pre_exec` hook, which makes std `fork` (twinpool started its workers so until commit 5e41bd3).",
         "- `memcpy`: `copy_from_slice` of 64 MiB into a preallocated buffer.",
         "- Group 11: one task at a time on a 1-worker pool, its `Vec<u8>` argument moved in (a fresh copy made outside the timing); `raw_ipc_channel` sends the same bytes as one ipc-channel byte message to a child that answers with their length.",
-        "- Group 12: `cargo bench --bench shared`: in each round a fresh 2-worker pool maps 100 tasks over the same 256 MiB, at most 4 ahead, either as clones of one `Shared` (made inside the timing) or as a fresh `Vec<u8>` per task; rounds alternate.",
+        "- Group 12: `cargo bench -p twinpool-benches --bench shared`: in each round a fresh 2-worker pool maps 100 tasks over the same 256 MiB, at most 4 ahead, either as clones of one `Shared` (made inside the timing) or as a fresh `Vec<u8>` per task; rounds alternate.",
         "- Group 13: a child of the bench with a 1-worker pool whose worker sleeps in a task while 1M `inc` tasks are submitted; (peak RSS during the submissions - RSS before) / 1M, the `Vec` of futures included.",
         "- Python: `benches/python_peer.py`, ThreadPoolExecutor / ProcessPoolExecutor with the same trivial task.",
         "",

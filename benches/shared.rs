@@ -11,7 +11,7 @@
 //! {"group": "q12_shared_256mib", "name": "twinpool_shared", "seconds": [..], "median_s": ..}
 //! ```
 //!
-//! `cargo bench --bench shared`; `TWINPOOL_BENCH_SHARED_MIB`,
+//! `cargo bench -p twinpool-benches --bench shared`; `TWINPOOL_BENCH_SHARED_MIB`,
 //! `TWINPOOL_BENCH_SHARED_TASKS` and `TWINPOOL_BENCH_SHARED_ROUNDS` change
 //! the size, the number of tasks and of rounds (defaults 256, 100, 3).
 
