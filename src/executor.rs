@@ -130,6 +130,7 @@ impl Executor {
     /// `registry`. The workers re-run the current executable, whose `main`
     /// must call [`serve_if_worker`](crate::serve_if_worker) first.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn processes(max_workers: usize, registry: Registry) -> Result<Executor, Error> {
         Executor::builder()
             .processes(max_workers)
@@ -531,6 +532,7 @@ impl Builder {
     /// A process pool of `n` worker processes. Needs a
     /// [`registry`](Self::registry).
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn processes(mut self, n: usize) -> Builder {
         self.kind = Kind::Processes;
         self.workers = Some(n);
@@ -541,6 +543,7 @@ impl Builder {
     /// (`available_parallelism`), the default of Python's
     /// `ProcessPoolExecutor()`. Needs a [`registry`](Self::registry).
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn processes_per_cpu(mut self) -> Builder {
         self.kind = Kind::Processes;
         self.workers = None;
@@ -575,6 +578,7 @@ impl Builder {
     /// [`serve_if_worker`](crate::serve_if_worker) with a registry holding
     /// the same task names and types. Default: the current executable.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn worker_program(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
         self.process.program = Some(path.into());
         self.process_only.push("Builder::worker_program");
@@ -587,6 +591,7 @@ impl Builder {
     /// `timeout`, not five times that. Default: 10 seconds;
     /// `Duration::MAX` waits without end.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Builder {
         self.process.connect_timeout = timeout;
         self.process_only.push("Builder::connect_timeout");
@@ -601,6 +606,7 @@ impl Builder {
     /// An argument that cannot be encoded is an error of
     /// [`build`](Self::build).
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn initializer_named<A: Serialize + 'static>(mut self, name: &str, arg: A) -> Builder {
         let payload =
             crate::codec::encode(&arg, || format!("the argument of initializer {name:?}"));
@@ -618,6 +624,7 @@ impl Builder {
     /// [`Executor::submit_named_timeout`] for a limit per call. Default:
     /// none; `Duration::MAX` is none too.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn task_timeout(mut self, limit: std::time::Duration) -> Builder {
         self.process.task_timeout = Some(limit);
         self.process_only.push("Builder::task_timeout");
@@ -630,6 +637,7 @@ impl Builder {
     /// [`Error::InvalidArgument`] at [`build`](Self::build), as Python's
     /// `ValueError`.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn max_tasks_per_child(mut self, n: usize) -> Builder {
         self.process.max_tasks_per_child = Some(n);
         self.process_only.push("Builder::max_tasks_per_child");
@@ -646,6 +654,7 @@ impl Builder {
     /// A task may then run more than once: give it only work that is safe
     /// to repeat.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn retries(mut self, n: u32) -> Builder {
         self.process.retries = n;
         self.process_only.push("Builder::retries");
@@ -664,6 +673,7 @@ impl Builder {
     /// Rust aborts the worker when an allocation fails, and the pool reads
     /// that as this error.
     #[cfg(feature = "process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
     pub fn worker_memory_limit(mut self, bytes: u64) -> Builder {
         self.process.memory_limit = Some(bytes);
         self.process_only.push("Builder::worker_memory_limit");

@@ -34,6 +34,7 @@
 //! Where Python hangs, twinpool answers: a task that blocks on a task of its
 //! own pool that has not started runs it itself, and a wait that closes a
 //! cycle of tasks waiting on each other returns [`Error::Deadlock`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -64,12 +65,13 @@ pub use shared::Shared;
 pub use wait::{as_completed, try_wait, wait, AsCompleted, ReturnWhen, Waited};
 
 #[cfg(feature = "process")]
+#[cfg_attr(docsrs, doc(cfg(feature = "process")))]
 pub use process::serve_if_worker;
 
 /// Decodes `bytes` as request frames and as reply frames, discarding the
-/// result: the entry point of the fuzz target in `fuzz/`. Not part of the
-/// API.
-#[cfg(feature = "process")]
+/// result: the entry point of the fuzz target in `fuzz/`. Only in builds
+/// with `--cfg fuzzing` (as `cargo fuzz` makes them); not part of the API.
+#[cfg(all(feature = "process", fuzzing))]
 #[doc(hidden)]
 pub fn __fuzz_decode_frames(bytes: &[u8]) {
     process::frames::decode_all(bytes);
