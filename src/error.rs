@@ -134,6 +134,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The future is in no state to answer this call: its result was
+    /// already taken (by `.await`, which moves it out), or a call that needs
+    /// an ended task came before it ended. Python's `InvalidStateError`.
+    #[error("invalid state: {reason}")]
+    InvalidState {
+        /// What the future's state is, and why the call cannot be answered.
+        reason: String,
+    },
+
     /// A blocking wait inside the pool could never finish: the tasks named in
     /// `cycle` wait on each other.
     #[error("deadlock: this wait could never finish because {cycle}; wait with a timeout or restructure the tasks so they do not wait on each other")]

@@ -177,3 +177,14 @@ fn await_on_another_thread_than_the_submitter() {
     gate.open();
     assert_eq!(waiter.join().unwrap(), Ok(5));
 }
+
+#[test]
+fn a_result_taken_by_await_is_an_invalid_state_error() {
+    let ex = Executor::threads(1);
+    let mut future = ex.submit(|| 7_u64).expect("submit");
+    assert_eq!(block_on(&mut future), Ok(7));
+    match future.result() {
+        Err(Error::InvalidState { reason }) => assert!(reason.contains(".await"), "{reason}"),
+        other => panic!("expected InvalidState, got {other:?}"),
+    }
+}

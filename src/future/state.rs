@@ -1101,7 +1101,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
             }
             CANCELLED => Err(Error::Cancelled),
             FINISHED if word & TAKEN != 0 => Err(taken()),
-            _ => Err(Error::InvalidArgument {
+            _ => Err(Error::InvalidState {
                 reason: "the task has not ended yet".into(),
             }),
         }
@@ -1186,7 +1186,7 @@ impl<T: Send + 'static> Shared<T> {
 
 /// The error for a result asked for after `.await` took it.
 fn taken() -> Error {
-    Error::InvalidArgument {
+    Error::InvalidState {
         reason: "the result of this future was already taken by .await".into(),
     }
 }
