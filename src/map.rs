@@ -11,15 +11,26 @@ use crate::{Error, Future};
 /// [`Executor::map_named_with`](crate::Executor::map_named_with), as the
 /// keyword arguments of Python's `Executor.map`.
 ///
+/// Build it with its methods, or as a struct with `..Default::default()`
+/// (its fields are public):
+///
 /// ```
 /// use std::time::Duration;
-/// let opts = twinpool::MapOptions {
+/// let opts = twinpool::MapOptions::new()
+///     .timeout(Duration::from_secs(10))
+///     .chunksize(100);
+/// assert_eq!(opts.buffersize, None);
+///
+/// let same = twinpool::MapOptions {
 ///     timeout: Some(Duration::from_secs(10)),
 ///     chunksize: 100,
 ///     ..Default::default()
 /// };
-/// assert_eq!(opts.buffersize, None);
+/// assert_eq!(opts, same);
 /// ```
+///
+/// The methods are the way that keeps compiling if options are added: the
+/// struct is not `#[non_exhaustive]`, since programs build it by its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapOptions {
     /// A deadline for the whole map, counted from the `map` call. When it
@@ -47,6 +58,32 @@ impl Default for MapOptions {
 }
 
 impl MapOptions {
+    /// The defaults: no timeout, chunks of 1, every item submitted at once.
+    pub fn new() -> MapOptions {
+        MapOptions::default()
+    }
+
+    /// A deadline for the whole map, counted from the `map` call
+    /// (`Duration::MAX`: none).
+    pub fn timeout(mut self, timeout: Duration) -> MapOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How many items one task handles (at least 1, or the map call returns
+    /// `Error::InvalidArgument`).
+    pub fn chunksize(mut self, chunksize: usize) -> MapOptions {
+        self.chunksize = chunksize;
+        self
+    }
+
+    /// At most `n` items submitted ahead of the consumer (at least 1, or the
+    /// map call returns `Error::InvalidArgument`).
+    pub fn buffersize(mut self, n: usize) -> MapOptions {
+        self.buffersize = Some(n);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.chunksize == 0 {
             return Err(Error::InvalidArgument {

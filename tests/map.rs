@@ -577,3 +577,25 @@ fn map_timeout_short_when_items_are_blocked() {
     assert_eq!(m.next(), Some(Err(Error::Timeout)));
     assert_eq!(m.next(), None);
 }
+
+#[test]
+fn map_options_built_by_methods() {
+    let ex = Executor::threads(2);
+    let opts = MapOptions::new()
+        .chunksize(3)
+        .buffersize(2)
+        .timeout(Duration::MAX);
+    assert_eq!(opts.chunksize, 3);
+    assert_eq!(opts.buffersize, Some(2));
+    // Duration::MAX is no deadline at all, not an overflow.
+    let out: Vec<u64> = ex
+        .map_with(|x: u64| x * 2, 0..10, opts)
+        .expect("map")
+        .collect::<Result<_, _>>()
+        .expect("results");
+    assert_eq!(out, (0..10).map(|x| x * 2).collect::<Vec<_>>());
+    assert!(matches!(
+        ex.map_with(|x: u64| x, 0..3, MapOptions::new().chunksize(0)),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
