@@ -210,6 +210,30 @@ impl Executor {
         self.submit_named_limited(name, arg, None)
     }
 
+    /// Submits a typed task (see [`Task`](crate::Task)): `submit_named`
+    /// under [`Task::NAME`](crate::Task::NAME), with its argument and result
+    /// types checked by the compiler.
+    ///
+    /// ```
+    /// #[twinpool::task]
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let tasks = twinpool::Registry::new().task(square);
+    /// let ex = twinpool::Executor::builder().threads(2).registry(tasks).build()?;
+    /// let f: twinpool::Future<u64> = ex.submit_task(square, 3)?;
+    /// assert_eq!(f.result()?, 9);
+    /// # Ok::<(), twinpool::Error>(())
+    /// ```
+    pub fn submit_task<T: crate::Task>(
+        &self,
+        _task: T,
+        arg: T::Arg,
+    ) -> Result<Future<T::Output>, Error> {
+        self.submit_named(T::NAME, arg)
+    }
+
     /// [`submit_named`](Self::submit_named) with a time limit for this task
     /// (overriding [`Builder::task_timeout`]), counted from when its worker
     /// starts it: a process task that runs longer has its worker killed and
@@ -372,6 +396,33 @@ impl Executor {
             &MapOptions::default(),
             self.named_chunk_fn(name)?,
         )
+    }
+
+    /// Maps a typed task (see [`Task`](crate::Task)) over `items`:
+    /// [`map_named`](Self::map_named) under its name, types checked by the
+    /// compiler.
+    pub fn map_task<T, I>(&self, _task: T, items: I) -> Result<Map<T::Output>, Error>
+    where
+        T: crate::Task,
+        I: IntoIterator<Item = T::Arg>,
+    {
+        self.map_named(T::NAME, items)
+    }
+
+    /// [`map_task`](Self::map_task) with options, as
+    /// [`map_named_with`](Self::map_named_with).
+    pub fn map_task_with<T, I>(
+        &self,
+        _task: T,
+        items: I,
+        opts: MapOptions,
+    ) -> Result<Map<T::Output>, Error>
+    where
+        T: crate::Task,
+        I: IntoIterator<Item = T::Arg>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map_named_with(T::NAME, items, opts)
     }
 
     /// [`map_with`](Self::map_with) for a registered task. On a process pool

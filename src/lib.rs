@@ -60,8 +60,14 @@ pub use error::{Error, WorkerExit};
 pub use executor::{Builder, Executor};
 pub use future::Future;
 pub use map::{Map, MapOptions};
-pub use registry::Registry;
+pub use registry::{Registry, Task};
+
 pub use shared::Shared;
+/// Turns a function into a typed [`Task`] (the `macros` feature, on by
+/// default).
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use twinpool_macros::task;
 pub use wait::{as_completed, try_wait, wait, AsCompleted, ReturnWhen, Waited};
 
 #[cfg(feature = "process")]

@@ -58,6 +58,50 @@ pub(crate) struct Entry {
 
 type DirectFn<A, R> = Arc<dyn Fn(A) -> R + Send + Sync>;
 
+/// A named task whose argument and result types the compiler knows: what
+/// [`#[task]`](crate::task) makes of a function (the `macros` feature), or
+/// what a program writes by hand for a unit struct.
+///
+/// The string API calls a task by its name and checks the types at run time
+/// (`submit_named::<u64, String>("square", 3)` compiles, and its future
+/// ends in [`Error::Decode`](crate::Error::Decode)). A `Task` is registered
+/// with [`Registry::task`] and submitted with
+/// [`Executor::submit_task`](crate::Executor::submit_task) or
+/// [`Executor::map_task`](crate::Executor::map_task), which take
+/// `Self::Arg` and give `Future<Self::Output>`: a wrong type does not
+/// compile. Under the hood it is the same named task: `NAME` is what
+/// crosses to a worker, so a worker program registers it the same way.
+///
+/// ```
+/// use twinpool::{Executor, Registry, Task};
+///
+/// #[derive(Clone, Copy)]
+/// struct Square;
+///
+/// impl Task for Square {
+///     type Arg = u64;
+///     type Output = u64;
+///     const NAME: &'static str = "square";
+///     fn run(x: u64) -> u64 {
+///         x * x
+///     }
+/// }
+///
+/// let ex = Executor::builder().threads(2).registry(Registry::new().task(Square)).build()?;
+/// assert_eq!(ex.submit_task(Square, 7)?.result()?, 49);
+/// # Ok::<(), twinpool::Error>(())
+/// ```
+pub trait Task: Copy + Send + Sync + 'static {
+    /// The argument (several arguments: a tuple).
+    type Arg: Serialize + DeserializeOwned + Send + 'static;
+    /// The result.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The name it is registered and sent under.
+    const NAME: &'static str;
+    /// Runs the task.
+    fn run(arg: Self::Arg) -> Self::Output;
+}
+
 impl Entry {
     /// The function itself, if it takes `A` and returns `R`.
     pub(crate) fn direct<A: 'static, R: 'static>(&self) -> Option<DirectFn<A, R>> {
@@ -119,6 +163,15 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Registers a typed task under its [`Task::NAME`]: the same as
+    /// `register(T::NAME, T::run)`, so that
+    /// [`Executor::submit_task`](crate::Executor::submit_task) can check its
+    /// types at compile time. Panics, as `register` does, if the name is
+    /// taken.
+    pub fn task<T: Task>(self, _task: T) -> Registry {
+        self.register(T::NAME, T::run)
     }
 
     /// Adds `f` under `name`.

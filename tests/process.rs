@@ -12,8 +12,23 @@ mod proc_common;
 use common::{children, flag_file, LONG};
 use proc_common as common;
 
+/// A typed task: registered and submitted by its value, types checked by
+/// the compiler.
+#[twinpool::task]
+fn cube(x: u64) -> u64 {
+    x * x * x
+}
+
+/// Two arguments (a tuple on the wire), under a name of its own.
+#[twinpool::task(name = "typed_add")]
+fn typed_add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
 fn tasks() -> Registry {
     Registry::new()
+        .task(cube)
+        .task(typed_add)
         .register("square", |x: u64| x * x)
         .register("add", |(a, b): (i64, i64)| a + b)
         .register("pid", |_: ()| std::process::id())
@@ -51,6 +66,38 @@ fn tasks() -> Registry {
 
 fn pool(n: usize) -> Executor {
     Executor::processes(n, tasks()).expect("the pool starts")
+}
+
+fn typed_tasks_cross_to_workers() {
+    use twinpool::Task;
+    let ex = pool(2);
+    assert_eq!(ex.submit_task(cube, 3).unwrap().result(), Ok(27));
+    let sums: Vec<i64> = ex
+        .map_task(typed_add, vec![(1, 2), (3, 4), (5, 6)])
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(sums, [3, 7, 11]);
+    // The same task by its name: the path of the function, or the name given.
+    assert!(
+        <cube as Task>::NAME.ends_with("::cube"),
+        "{}",
+        <cube as Task>::NAME
+    );
+    assert_eq!(
+        ex.submit_named::<u64, u64>(<cube as Task>::NAME, 2)
+            .unwrap()
+            .result(),
+        Ok(8)
+    );
+    assert_eq!(
+        ex.submit_named::<(i64, i64), i64>("typed_add", (2, 2))
+            .unwrap()
+            .result(),
+        Ok(4)
+    );
+    // The function itself, in this process.
+    assert_eq!(cube::call(4), 64);
 }
 
 fn named_submit_and_result() {
@@ -600,6 +647,7 @@ fn main() {
     serve_if_worker(&tasks());
     let tests: &[(&str, fn())] = &[
         ("named_submit_and_result", named_submit_and_result),
+        ("typed_tasks_cross_to_workers", typed_tasks_cross_to_workers),
         (
             "workers_are_other_processes_and_reused",
             workers_are_other_processes_and_reused,
