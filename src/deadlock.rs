@@ -54,6 +54,29 @@ thread_local! {
     static CURRENT: Cell<Option<NonNull<dyn Tagged>>> = const { Cell::new(None) };
 }
 
+thread_local! {
+    /// Tasks this pool thread ran inline while it waited (see
+    /// `Shared::try_help`), and how many of them failed, since its pool
+    /// last took the count ([`take_helped`]). Kept here, beside the rest of
+    /// what a pool thread knows of the tasks it runs, so that the future
+    /// needs to know nothing of pools.
+    static HELPED: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Counts a task this thread ran inline while waiting.
+pub(crate) fn note_helped(failed: bool) {
+    let _ = HELPED.try_with(|h| {
+        let (n, f) = h.get();
+        h.set((n + 1, f + u64::from(failed)));
+    });
+}
+
+/// The tasks this thread ran inline since the last call, and how many of
+/// them failed.
+pub(crate) fn take_helped() -> (u64, u64) {
+    HELPED.try_with(|h| h.replace((0, 0))).unwrap_or((0, 0))
+}
+
 /// One recorded blocking wait.
 struct Edge {
     /// Describes the waiting task, for the error message.

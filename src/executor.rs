@@ -149,6 +149,18 @@ impl Executor {
         self.inner.max_workers
     }
 
+    /// What the pool is doing now: tasks queued, running, finished and
+    /// failed, workers alive and restarted. See [`Stats`](crate::Stats);
+    /// it takes a short lock, so it is for showing progress, not for a
+    /// tight loop.
+    pub fn stats(&self) -> crate::Stats {
+        match &self.inner.backend {
+            Backend::Threads(p) => p.stats(),
+            #[cfg(feature = "process")]
+            Backend::Processes(p) => p.stats(),
+        }
+    }
+
     /// Runs `f` on a worker thread; its result comes back through the
     /// returned [`Future`]. A panic in `f` becomes [`Error::Panicked`]; the
     /// thread survives.

@@ -52,6 +52,7 @@ mod registry;
 #[cfg(feature = "process")]
 mod schema;
 mod shared;
+mod stats;
 mod sync;
 mod threads;
 mod wait;
@@ -63,6 +64,7 @@ pub use map::{Map, MapOptions};
 pub use registry::{Registry, Task};
 
 pub use shared::Shared;
+pub use stats::Stats;
 /// Turns a function into a typed [`Task`] (the `macros` feature, on by
 /// default).
 #[cfg(feature = "macros")]

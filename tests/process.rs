@@ -100,6 +100,54 @@ fn typed_tasks_cross_to_workers() {
     assert_eq!(cube::call(4), 64);
 }
 
+fn stats_count_what_the_pool_does() {
+    let ex = pool(2);
+    let s = ex.stats();
+    assert_eq!(
+        (s.live_workers, s.finished, s.worker_restarts),
+        (2, 0, 0),
+        "{s:?}"
+    );
+    // Both workers held by tasks that wait for a file, and more behind them.
+    let flag = flag_file("stats");
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            ex.submit_named::<String, u32>("wait_for_file", flag.clone())
+                .unwrap()
+        })
+        .collect();
+    let behind: Vec<_> = (0..10_u64)
+        .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+        .collect();
+    common::eventually("both holders sent", || ex.stats().running >= 2);
+    let s = ex.stats();
+    // Sent ahead counts as running (as in Python); the rest is queued.
+    assert_eq!(s.queued + s.running, 12, "{s:?}");
+    assert_eq!(s.finished, 0, "{s:?}");
+    std::fs::write(&flag, b"go").unwrap();
+    for f in holders {
+        f.result_timeout(LONG).unwrap();
+    }
+    for f in behind {
+        f.result_timeout(LONG).unwrap();
+    }
+    // A panic fails its task; a worker that exits fails its task and is
+    // replaced.
+    let panicked = ex
+        .submit_named::<String, u64>("panic", "counted".into())
+        .unwrap();
+    assert!(panicked.result_timeout(LONG).is_err());
+    let died = ex.submit_named::<i32, u64>("exit", 3).unwrap();
+    assert!(died.result_timeout(LONG).is_err());
+    common::eventually("the ends counted and the worker replaced", || {
+        let s = ex.stats();
+        s.finished == 14 && s.worker_restarts == 1 && s.live_workers == 2
+    });
+    let s = ex.stats();
+    assert_eq!((s.failed, s.queued, s.running), (2, 0, 0), "{s:?}");
+    let _ = std::fs::remove_file(&flag);
+}
+
 fn named_submit_and_result() {
     let ex = pool(2);
     assert_eq!(
@@ -648,6 +696,10 @@ fn main() {
     let tests: &[(&str, fn())] = &[
         ("named_submit_and_result", named_submit_and_result),
         ("typed_tasks_cross_to_workers", typed_tasks_cross_to_workers),
+        (
+            "stats_count_what_the_pool_does",
+            stats_count_what_the_pool_does,
+        ),
         (
             "workers_are_other_processes_and_reused",
             workers_are_other_processes_and_reused,

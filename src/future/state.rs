@@ -520,8 +520,9 @@ pub(crate) trait Job: Send + Sync {
     /// task's result can be taken by `result()` (after its done-callbacks,
     /// which run once the task is published as done), or at once if there
     /// was nothing to run. A pool counts its thread idle there, so a submit
-    /// that follows a `result()` finds the thread idle.
-    fn run(&self, finishing: &dyn Fn());
+    /// that follows a `result()` finds the thread idle. Returns whether it
+    /// ran here, and if so whether it ended in an error: `Some(failed)`.
+    fn run(&self, finishing: &dyn Fn()) -> Option<bool>;
     /// Cancels the task if it has not started.
     fn cancel(&self) -> bool;
     /// Fails the task with `err` if it has not started.
@@ -684,7 +685,10 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
 
     /// Runs the work this thread claimed, catching a panic, and completes
     /// the future.
-    fn run_claimed(&self, finishing: &dyn Fn()) {
+    /// Returns whether the task failed: known here before the result is
+    /// published, so that the pool thread's count does not read the phase
+    /// word again once a waiter has it in its cache.
+    fn run_claimed(&self, finishing: &dyn Fn()) -> bool {
         let outcome = deadlock::running(&self.head, || {
             // SAFETY: the caller claimed the task, so this thread alone may
             // touch its work, and it does so once.
@@ -695,8 +699,10 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
             Ok(None) => Err(Error::Cancelled),
             Err(p) => Err(Error::from_panic(p)),
         };
+        let failed = result.is_err();
         // SAFETY: this thread claimed the task: it is its one completer.
         unsafe { self.publish(result, finishing) };
+        failed
     }
 
     /// Ends a process task with `result` (it may not have been sent yet,
@@ -1046,8 +1052,10 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
         // While it runs inline, the waiting task waits for it: record that so
         // a cycle through it is still seen.
         let edge = deadlock::begin_wait(&[self.id()], true);
-        self.run_claimed(&|| {});
+        let failed = self.run_claimed(&|| {});
         drop(edge);
+        // The pool thread counts it with the task it was running.
+        deadlock::note_helped(failed);
         true
     }
 
@@ -1192,11 +1200,12 @@ fn taken() -> Error {
 }
 
 impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Job for Shared<T, W> {
-    fn run(&self, finishing: &dyn Fn()) {
+    fn run(&self, finishing: &dyn Fn()) -> Option<bool> {
         if self.claim() {
-            self.run_claimed(finishing);
+            Some(self.run_claimed(finishing))
         } else {
             finishing();
+            None
         }
     }
 

@@ -19,6 +19,7 @@
 //! the executor is gone.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,10 @@ pub(crate) struct Driver {
     clock: Sender<()>,
     finished: Mutex<bool>,
     finished_cv: Condvar,
+    /// Tasks that ended with their worker's answer or an error, and how
+    /// many of them failed, for [`stats`](Self::stats).
+    ended: AtomicU64,
+    failed: AtomicU64,
     /// Itself, for the spawner thread and for links.
     me: Weak<Driver>,
 }
@@ -89,6 +94,8 @@ impl Driver {
             clock,
             finished: Mutex::new(false),
             finished_cv: Condvar::new(),
+            ended: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             me: me.clone(),
         });
         // The clock holds the driver until the pool has finished, so that a
@@ -226,6 +233,11 @@ impl Driver {
 
     /// Carries out the rest, without the lock.
     fn after(&self, after: After) {
+        if !after.fails.is_empty() {
+            let n = after.fails.len() as u64;
+            self.ended.fetch_add(n, Ordering::Relaxed);
+            self.failed.fetch_add(n, Ordering::Relaxed);
+        }
         for (task, error) in after.fails {
             task.fail(error);
         }
@@ -286,6 +298,14 @@ impl Driver {
         self.run(|s, now| s.terminate(how, by, now));
     }
 
+    /// What the pool is doing now; see [`Stats`](crate::Stats).
+    pub(crate) fn stats(&self) -> crate::Stats {
+        let mut stats = self.lock().sched.census();
+        stats.finished = self.ended.load(Ordering::Relaxed);
+        stats.failed = self.failed.load(Ordering::Relaxed);
+        stats
+    }
+
     /// Blocks until every worker is gone and nothing is left to do.
     pub(crate) fn wait_finished(&self) {
         let mut done = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
@@ -305,6 +325,13 @@ impl Driver {
 impl Events for Driver {
     fn reply(&self, w: WorkerId, task: TaskId, micros: u32) -> Option<Arc<RemoteTask>> {
         self.run(|s, now| s.reply(w, task, micros, now))
+    }
+
+    fn ended(&self, failed: bool) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn init_done(&self, w: WorkerId, error: Option<String>) {

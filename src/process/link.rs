@@ -478,15 +478,17 @@ impl LocalLink {
                     (id, micros, Answer::Chunk { results, failure })
                 }
             };
-            let task = events
-                .upgrade()
-                .and_then(|events| events.reply(self.worker, id, micros));
+            let events = events.upgrade();
+            let task = (events.as_ref()).and_then(|events| events.reply(self.worker, id, micros));
             self.answered(id);
             // The future completes outside every lock: its callbacks run
             // here. No task: it ended otherwise (killed, timed out), and the
             // answer is dropped.
             if let Some(task) = task {
-                task.finish(answer);
+                let failed = task.finish(answer);
+                if let Some(events) = &events {
+                    events.ended(failed);
+                }
             }
         }
         Ok(())

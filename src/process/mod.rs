@@ -180,6 +180,11 @@ impl ProcessPool {
         self.id
     }
 
+    /// What the pool is doing now; see [`Stats`](crate::Stats).
+    pub(crate) fn stats(&self) -> crate::Stats {
+        self.driver.stats()
+    }
+
     fn new_shared<T: Send + 'static>(&self) -> Counted<Shared<T>> {
         Shared::remote(self.id, self.stopper.clone())
     }

@@ -383,6 +383,9 @@ pub(crate) struct Scheduler<H> {
     workers: BTreeMap<WorkerId, Worker>,
     /// Starts asked for and not yet answered.
     starting: usize,
+    /// Starts asked for in all (each replaces a worker: the first workers
+    /// are started before the scheduler).
+    restarts: u64,
     next_worker: u64,
     /// Failed starts in a row, and no start before `next_start`.
     failed_starts: u32,
@@ -406,6 +409,7 @@ impl<H: Handle> Scheduler<H> {
             waiting: 0,
             workers: BTreeMap::new(),
             starting: 0,
+            restarts: 0,
             next_worker: 0,
             failed_starts: 0,
             next_start: None,
@@ -421,6 +425,19 @@ impl<H: Handle> Scheduler<H> {
         }
         s.after(now);
         s
+    }
+
+    /// The pool's state for [`Stats`](crate::Stats): queued and running
+    /// tasks (sent counts as running), workers live, workers started to
+    /// replace others. The driver adds the counts of ended tasks.
+    pub(crate) fn census(&self) -> crate::Stats {
+        crate::Stats {
+            queued: self.waiting,
+            running: self.workers.values().map(|w| w.in_flight.len()).sum(),
+            live_workers: self.workers.values().filter(|w| w.live()).count(),
+            worker_restarts: self.restarts,
+            ..crate::Stats::default()
+        }
     }
 
     /// The next action to carry out, in order.
@@ -831,6 +848,7 @@ impl<H: Handle> Scheduler<H> {
             let worker = WorkerId(self.next_worker);
             self.next_worker += 1;
             self.starting += 1;
+            self.restarts += 1;
             self.actions.push_back(Action::Start { worker });
         }
     }

@@ -87,7 +87,8 @@ pub(crate) trait Completion: Send + Sync {
     fn claim(&self) -> bool;
     fn cancel(&self) -> bool;
     fn fail(&self, err: Error);
-    fn finish(&self, answer: Answer, name: &str);
+    /// Ends the task with the worker's answer: true if that is an error.
+    fn finish(&self, answer: Answer, name: &str) -> bool;
 }
 
 /// A future's state and how an answer becomes its result. `D` is the type
@@ -119,7 +120,7 @@ where
             self.shared.complete(Err(err));
         }
     }
-    fn finish(&self, answer: Answer, name: &str) {
+    fn finish(&self, answer: Answer, name: &str) -> bool {
         // A result's `Deserialize` is user code: a panic in it fails this
         // task alone, not the reader thread.
         let result = match catch_unwind(AssertUnwindSafe(|| (self.decode)(answer, name))) {
@@ -136,7 +137,9 @@ where
                 })
             }
         };
+        let failed = result.is_err();
         self.shared.complete(result);
+        failed
     }
 }
 
@@ -201,9 +204,9 @@ impl RemoteTask {
         self.job.fail(err);
     }
 
-    /// Ends the task with the worker's answer.
-    pub(crate) fn finish(&self, answer: Answer) {
-        self.job.finish(answer, &self.name);
+    /// Ends the task with the worker's answer: true if that is an error.
+    pub(crate) fn finish(&self, answer: Answer) -> bool {
+        self.job.finish(answer, &self.name)
     }
 
     /// Appends its record, with its claim, to a frame.

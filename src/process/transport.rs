@@ -74,6 +74,10 @@ pub(crate) trait Events: Send + Sync {
     /// `Scheduler::reply`).
     fn reply(&self, w: WorkerId, task: TaskId, micros: u32) -> Option<Arc<RemoteTask>>;
 
+    /// A task the reply of which [`reply`](Self::reply) handed out has
+    /// ended with that answer; `failed` if the answer was an error.
+    fn ended(&self, failed: bool);
+
     /// Worker `w` ran its initializer; `Some(message)` if it failed.
     fn init_done(&self, w: WorkerId, error: Option<String>);
 

@@ -15,7 +15,7 @@
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -48,7 +48,36 @@ struct Common {
     exited: Condvar,
 }
 
+/// What one worker thread has done, on a cache line of its own: only its
+/// thread writes it (plain stores, no read-modify-write), and
+/// [`ThreadPool::stats`] sums every thread's.
+#[repr(align(128))]
+#[derive(Default)]
+struct Tally {
+    /// Tasks it ran to an end, and how many of them failed.
+    finished: AtomicU64,
+    failed: AtomicU64,
+    /// True while it holds a task.
+    busy: AtomicBool,
+}
+
+impl Tally {
+    /// Adds `finished` tasks, `failed` of them failed. Its own thread only.
+    fn add(&self, finished: u64, failed: u64) {
+        if finished > 0 {
+            let f = self.finished.load(Ordering::Relaxed);
+            self.finished.store(f + finished, Ordering::Relaxed);
+        }
+        if failed > 0 {
+            let f = self.failed.load(Ordering::Relaxed);
+            self.failed.store(f + failed, Ordering::Relaxed);
+        }
+    }
+}
+
 struct State {
+    /// Every thread's tally, the exited ones' too.
+    tallies: Vec<Arc<Tally>>,
     /// Why the pool broke, once it has.
     broken: Option<String>,
     /// True once shutdown has queued one stop mark per started thread.
@@ -101,6 +130,7 @@ impl ThreadPool {
                 full: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 state: Mutex::new(State {
+                    tallies: Vec::new(),
                     broken: None,
                     marked: false,
                     started: 0,
@@ -202,9 +232,11 @@ impl ThreadPool {
 
     fn start_thread(&self, st: &mut State) -> Result<(), Error> {
         let name = format!("{}_{}", self.prefix, st.started);
+        let tally = Arc::new(Tally::default());
         let worker = PoolThread {
             pool: self.id,
             name: name.clone(),
+            tally: tally.clone(),
             rx: self.rx.clone(),
             tx: self.tx.clone(),
             common: self.common.clone(),
@@ -218,6 +250,7 @@ impl ThreadPool {
         };
         match spawned {
             Ok(_) => {
+                st.tallies.push(tally);
                 st.started += 1;
                 st.alive += 1;
                 if st.started == self.max_workers {
@@ -283,6 +316,27 @@ impl ThreadPool {
         }
     }
 
+    /// What the pool is doing now; see [`Stats`](crate::Stats).
+    pub(crate) fn stats(&self) -> crate::Stats {
+        let st = self.common.lock();
+        let mut stats = crate::Stats {
+            live_workers: st.alive,
+            ..crate::Stats::default()
+        };
+        // After shutdown one stop mark per live thread waits in the queue
+        // (about: a thread that took its mark counts until it exits).
+        let marks = if st.marked { st.alive } else { 0 };
+        for t in &st.tallies {
+            stats.finished += t.finished.load(Ordering::Relaxed);
+            stats.failed += t.failed.load(Ordering::Relaxed);
+            stats.running += usize::from(t.busy.load(Ordering::Relaxed));
+        }
+        drop(st);
+        // Stop marks are not tasks.
+        stats.queued = self.rx.len().saturating_sub(marks);
+        stats
+    }
+
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
@@ -327,6 +381,8 @@ fn refusal(st: &State) -> Error {
 struct PoolThread {
     pool: u64,
     name: String,
+    /// What it has done, for [`ThreadPool::stats`].
+    tally: Arc<Tally>,
     rx: Receiver<Queue>,
     /// For putting back stop marks it drained (see `break_pool`).
     tx: Sender<Queue>,
@@ -366,17 +422,32 @@ impl PoolThread {
                         self.common.idle.fetch_add(1, Ordering::AcqRel);
                     }
                 };
+                let tally = &*self.tally;
                 for job in self.rx.iter() {
                     let Some(job) = job else { break };
+                    tally.busy.store(true, Ordering::Relaxed);
                     // A task's panics are caught around its work and each
                     // callback. This catches what escapes all the same (a
                     // result nobody took whose drop panics, with the job's
                     // last handle), so the thread lives on and `alive`
                     // stays true.
                     let ran = catch_unwind(AssertUnwindSafe(|| {
-                        job.run(&idle);
+                        let ran = job.run(&idle);
                         drop(job);
+                        ran
                     }));
+                    tally.busy.store(false, Ordering::Relaxed);
+                    // Tasks it ran inline while this one waited count too.
+                    let (helped, helped_failed) = deadlock::take_helped();
+                    let (here, here_failed) = match ran {
+                        Ok(Some(failed)) => (1, u64::from(failed)),
+                        // Cancelled before it ran; or the panic above, which
+                        // came after the task had ended and been counted
+                        // by nobody: it ran.
+                        Ok(None) => (0, 0),
+                        Err(_) => (1, 0),
+                    };
+                    tally.add(here + helped, here_failed + helped_failed);
                     if let Err(p) = ran {
                         log::error!(
                             "twinpool: a panic escaped a task on thread {}: {}",
