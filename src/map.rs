@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::future::deadline_after;
 use crate::{Error, Future};
+#[cfg(feature = "futures")]
+use std::future::Future as _;
 
 /// Options for [`Executor::map_with`](crate::Executor::map_with) and
 /// [`Executor::map_named_with`](crate::Executor::map_named_with), as the
@@ -237,6 +239,41 @@ impl<T: Send + 'static> Map<T> {
     }
 }
 
+impl<T: Send + 'static> Map<T> {
+    /// The next item of the chunk being yielded, if there is one: what
+    /// `next` returns then.
+    fn next_ready(&mut self) -> Option<Option<Result<T, Error>>> {
+        let r = self.ready.next()?;
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if let Err(e) = r {
+            return Some(self.end_with(e));
+        }
+        if let Some(Err(e)) = self.top_up() {
+            // The items already submitted come first.
+            self.submit_error = Some(e);
+        }
+        Some(Some(r))
+    }
+
+    /// Takes in the answer of the oldest chunk, of `n` items: its results
+    /// to yield next, or the error that ends the map.
+    fn take_chunk(
+        &mut self,
+        n: usize,
+        answer: Result<Chunk<T>, Error>,
+    ) -> Option<Option<Result<T, Error>>> {
+        match answer {
+            Ok(chunk) => {
+                // A chunk that ended early at an error has fewer results.
+                self.outstanding = self.outstanding.saturating_sub(n - chunk.len());
+                self.ready = chunk.into_iter();
+                None
+            }
+            Err(e) => Some(self.end_with(e)),
+        }
+    }
+}
+
 impl<T: Send + 'static> Iterator for Map<T> {
     type Item = Result<T, Error>;
 
@@ -245,16 +282,8 @@ impl<T: Send + 'static> Iterator for Map<T> {
             if self.ended {
                 return None;
             }
-            if let Some(r) = self.ready.next() {
-                self.outstanding = self.outstanding.saturating_sub(1);
-                if r.is_err() {
-                    return self.end_with(r.err()?);
-                }
-                if let Some(Err(e)) = self.top_up() {
-                    // The items already submitted come first.
-                    self.submit_error = Some(e);
-                }
-                return Some(r);
+            if let Some(out) = self.next_ready() {
+                return out;
             }
             let Some((fut, n)) = self.pending.pop_front() else {
                 self.ended = true;
@@ -277,17 +306,67 @@ impl<T: Send + 'static> Iterator for Map<T> {
                 fut.cancel();
                 return self.end_with(e);
             }
-            match fut.result() {
-                Ok(chunk) => {
-                    // A chunk that ended early at an error has fewer results.
-                    self.outstanding = self.outstanding.saturating_sub(n - chunk.len());
-                    self.ready = chunk.into_iter();
-                }
-                Err(e) => return self.end_with(e),
+            if let Some(out) = self.take_chunk(n, fut.result()) {
+                return out;
             }
         }
     }
 }
+
+/// With the `futures` feature, a `Map` is also a
+/// [`Stream`](futures_core::Stream) of the same items in the same order,
+/// for async code: polling it never blocks; it is woken when the next
+/// result in order is ready.
+///
+/// It is an `Iterator` as well, so a stream method of the same name needs
+/// its trait named: `StreamExt::next(&mut stream).await`.
+///
+/// Its timeout is checked each time it is polled; nothing wakes it at the
+/// deadline itself (futures-core has no timer), so in async code bound the
+/// wait with your runtime's timer (`tokio::time::timeout`) if a task may
+/// never end.
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<T: Send + 'static> futures_core::Stream for Map<T> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if let Some(out) = this.next_ready() {
+                return Poll::Ready(out);
+            }
+            let Some((fut, _)) = this.pending.front_mut() else {
+                this.ended = true;
+                return Poll::Ready(this.submit_error.take().map(Err));
+            };
+            if this.deadline.is_some_and(|d| Instant::now() >= d) {
+                fut.cancel();
+                return Poll::Ready(this.end_with(Error::Timeout));
+            }
+            let answer = match std::pin::Pin::new(fut).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(answer) => answer,
+            };
+            let n = this.pending.pop_front().map_or(0, |(_, n)| n);
+            if let Some(out) = this.take_chunk(n, answer) {
+                return Poll::Ready(out);
+            }
+        }
+    }
+}
+
+// A `Map` holds its results by value and never relies on staying at one
+// address (no self-references, nothing pinned inside), so moving it after
+// a poll is fine whatever `T` is.
+impl<T: Send + 'static> Unpin for Map<T> {}
 
 impl<T: Send + 'static> Drop for Map<T> {
     fn drop(&mut self) {

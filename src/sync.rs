@@ -7,8 +7,9 @@
 //! as a deadlock, two threads touching an [`UnsafeCell`] at once as a data
 //! race, a relaxed load that may see a stale value as a failed assertion.
 //! It can only see what goes through its own types, so the task state
-//! takes its atomics, mutex, condvar and cell from here, and nothing else:
-//! the rest of the crate uses std directly.
+//! (and the waker slot of `AsCompleted` as a stream, in `wait.rs`) takes
+//! its atomics, mutex, condvar and cell from here, and nothing else: the
+//! rest of the crate uses std directly.
 //!
 //! The normal build re-exports std's types unchanged (the cell gets a thin
 //! wrapper with loom's closure API, which compiles to a plain pointer
@@ -21,12 +22,12 @@
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU32};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32};
 #[cfg(loom)]
 pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 

@@ -4,7 +4,7 @@
 //! the future's index when it ends. Watchers are removed when the wait ends.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -39,21 +39,73 @@ pub struct Waited<T> {
 
 /// Puts a watcher under `key` on every future; the returned channel gets
 /// the index of each as it ends (at once for those already done, in order).
-fn watch_all<T: Send + 'static>(futures: &[Option<Future<T>>], key: u64) -> Receiver<usize> {
+/// Each watcher then wakes the waker in `wake`, if one is there (for
+/// `AsCompleted` as a stream).
+fn watch_all<T: Send + 'static>(
+    futures: &[Option<Future<T>>],
+    key: u64,
+    wake: Option<&Arc<WakerSlot>>,
+) -> Receiver<usize> {
     let (tx, rx) = crossbeam_channel::unbounded();
     for (i, f) in futures.iter().enumerate() {
         let Some(f) = f else { continue };
         let t = tx.clone();
+        let wake = wake.cloned();
         if !f.shared().watch(
             key,
             Arc::new(move || {
                 let _ = t.send(i);
+                if let Some(w) = &wake {
+                    w.wake();
+                }
             }),
         ) {
             let _ = tx.send(i);
         }
     }
     rx
+}
+
+/// Where a stream leaves the waker of its last poll, for the watchers to
+/// wake. Until a stream polls, `armed` is false and a watcher does not
+/// touch the lock: a plain iterator pays nothing for it.
+/// Its atomic, fence and mutex come from [`crate::sync`], so that the
+/// loom model at the end of this file checks it.
+#[derive(Default)]
+struct WakerSlot {
+    armed: crate::sync::AtomicBool,
+    waker: crate::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl WakerSlot {
+    #[cfg_attr(not(feature = "futures"), allow(dead_code))]
+    fn set(&self, waker: &std::task::Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+        drop(slot);
+        // A store then a read on each side (here: `armed`, then the
+        // channel; a watcher: the channel, then `armed`), each with a
+        // SeqCst fence between: at least one side sees the other's write.
+        // Either the watcher sees `armed` and wakes the waker set above, or
+        // this poll's read of the channel, which follows, sees its index.
+        self.armed.store(true, Ordering::Relaxed);
+        crate::sync::fence(Ordering::SeqCst);
+    }
+
+    /// Called by a watcher after it sent its index.
+    fn wake(&self) {
+        crate::sync::fence(Ordering::SeqCst);
+        if !self.armed.load(Ordering::Relaxed) {
+            return;
+        }
+        let waker = (self.waker.lock().unwrap_or_else(PoisonError::into_inner)).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
 }
 
 fn unwatch_all<T: Send + 'static>(futures: &[Option<Future<T>>], key: u64) {
@@ -164,7 +216,7 @@ fn wait_slots<T: Send + 'static>(
         return Ok(());
     }
     let key = NEXT_WATCH_KEY.fetch_add(1, Ordering::Relaxed);
-    let rx = watch_all(slots, key);
+    let rx = watch_all(slots, key, None);
     // FirstException can end as soon as any target fails, so like
     // FirstCompleted it is doomed only when every target is.
     let all = return_when == ReturnWhen::AllCompleted;
@@ -210,12 +262,14 @@ where
     let futures: Vec<Option<Future<T>>> = futures.into_iter().map(Some).collect();
     let left = futures.len();
     let key = NEXT_WATCH_KEY.fetch_add(1, Ordering::Relaxed);
-    let rx = watch_all(&futures, key);
+    let wake = Arc::new(WakerSlot::default());
+    let rx = watch_all(&futures, key, Some(&wake));
     AsCompleted {
         futures,
         left,
         key,
         rx,
+        wake,
         deadline: timeout.map(deadline_after),
         ended: false,
     }
@@ -227,6 +281,9 @@ pub struct AsCompleted<T: Send + 'static> {
     left: usize,
     key: u64,
     rx: Receiver<usize>,
+    /// The waker of the last poll, when it is used as a stream.
+    #[cfg_attr(not(feature = "futures"), allow(dead_code))]
+    wake: Arc<WakerSlot>,
     deadline: Option<Instant>,
     ended: bool,
 }
@@ -278,8 +335,103 @@ impl<T: Send + 'static> Iterator for AsCompleted<T> {
     }
 }
 
+/// With the `futures` feature, `AsCompleted` is also a
+/// [`Stream`](futures_core::Stream) of the same items, for async code:
+/// polling it never blocks, and it is woken as each future ends.
+///
+/// It is an `Iterator` as well, so a stream method of the same name needs
+/// its trait named: `StreamExt::next(&mut stream).await`.
+///
+/// Its timeout is checked each time it is polled; nothing wakes it at the
+/// deadline itself (futures-core has no timer), so bound the wait with your
+/// runtime's timer if a task may never end. A stream is not a pool
+/// thread's blocking wait, so it neither runs tasks inline nor reports
+/// deadlocks.
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<T: Send + 'static> futures_core::Stream for AsCompleted<T> {
+    type Item = Result<Future<T>, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.ended || this.left == 0 {
+            return Poll::Ready(None);
+        }
+        // The waker goes in before the channel is read: a future that ends
+        // after the read wakes this one.
+        this.wake.set(cx.waker());
+        while let Ok(i) = this.rx.try_recv() {
+            if let Some(f) = this.futures.get_mut(i).and_then(Option::take) {
+                this.left -= 1;
+                return Poll::Ready(Some(Ok(f)));
+            }
+        }
+        if this.deadline.is_some_and(|d| Instant::now() >= d) {
+            this.ended = true;
+            return Poll::Ready(Some(Err(Error::Timeout)));
+        }
+        Poll::Pending
+    }
+}
+
+// Nothing in an `AsCompleted` relies on staying at one address.
+impl<T: Send + 'static> Unpin for AsCompleted<T> {}
+
 impl<T: Send + 'static> Drop for AsCompleted<T> {
     fn drop(&mut self) {
         self.unwatch();
+    }
+}
+
+/// A loom model of [`WakerSlot`]: a future that ends while a stream polls
+/// is never lost. The channel is modelled by an atomic flag with the
+/// release and acquire orderings a channel at least has. Run with the
+/// other models (see `.ci/run`).
+#[cfg(all(test, loom))]
+mod loom {
+    use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use loom::sync::atomic::{AtomicBool, AtomicUsize};
+    use loom::thread;
+
+    use super::WakerSlot;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_end_racing_a_poll_is_seen_or_wakes_it() {
+        loom::model(|| {
+            let slot = Arc::new(WakerSlot::default());
+            let sent = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let (slot, sent) = (slot.clone(), sent.clone());
+                thread::spawn(move || {
+                    sent.store(true, Release);
+                    slot.wake();
+                })
+            };
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            let waker = Waker::from(count.clone());
+            // The poll: the waker in, then the channel read.
+            slot.set(&waker);
+            let seen = sent.load(Acquire);
+            watcher.join().unwrap();
+            assert!(
+                seen || count.0.load(SeqCst) == 1,
+                "the poll saw nothing and nobody woke it"
+            );
+        });
     }
 }

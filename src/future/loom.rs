@@ -23,7 +23,7 @@
 //! Run them with (see `.ci/run`):
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" cargo test --release --lib future::loom --target-dir target/loom
+//! RUSTFLAGS="--cfg loom" cargo test --release --lib --target-dir target/loom -- future::loom wait::loom
 //! ```
 //!
 //! The scenes are kept small (one task, two threads, a callback or two) so
