@@ -183,7 +183,16 @@ impl Executor {
     {
         match &self.inner.backend {
             Backend::Threads(pool) => {
+                #[cfg(feature = "tracing")]
+                let span = crate::trace::task_span("threads", name.as_deref());
+                #[cfg(feature = "tracing")]
+                let work = {
+                    let span = span.clone();
+                    move || span.in_scope(work)
+                };
                 let (shared, job) = Shared::new(pool.id(), name, work);
+                #[cfg(feature = "tracing")]
+                crate::trace::record_id(&span, || shared.id());
                 pool.submit(job, || shared.cancel_with(Error::Cancelled))?;
                 Ok(Future::new(shared))
             }

@@ -55,6 +55,8 @@ mod shared;
 mod stats;
 mod sync;
 mod threads;
+#[cfg(feature = "tracing")]
+mod trace;
 mod wait;
 
 pub use error::{Error, WorkerExit};

@@ -88,7 +88,8 @@ pub(crate) trait Completion: Send + Sync {
     fn cancel(&self) -> bool;
     fn fail(&self, err: Error);
     /// Ends the task with the worker's answer: true if that is an error.
-    fn finish(&self, answer: Answer, name: &str) -> bool;
+    /// `ending` is told so just before the result is published.
+    fn finish(&self, answer: Answer, name: &str, ending: &dyn Fn(bool)) -> bool;
 }
 
 /// A future's state and how an answer becomes its result. `D` is the type
@@ -120,7 +121,7 @@ where
             self.shared.complete(Err(err));
         }
     }
-    fn finish(&self, answer: Answer, name: &str) -> bool {
+    fn finish(&self, answer: Answer, name: &str, ending: &dyn Fn(bool)) -> bool {
         // A result's `Deserialize` is user code: a panic in it fails this
         // task alone, not the reader thread.
         let result = match catch_unwind(AssertUnwindSafe(|| (self.decode)(answer, name))) {
@@ -138,6 +139,7 @@ where
             }
         };
         let failed = result.is_err();
+        ending(failed);
         self.shared.complete(result);
         failed
     }
@@ -149,6 +151,9 @@ where
 pub(crate) struct RemoteTask<C: ?Sized = dyn Completion> {
     name: Arc<str>,
     payload: Payload,
+    /// Its span, from the submit to its end (see `crate::trace`).
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
     job: C,
 }
 
@@ -192,21 +197,34 @@ impl RemoteTask {
         T: Send + 'static,
         D: Fn(Answer, &str) -> Result<T, Error> + Send + Sync + 'static,
     {
+        #[cfg(feature = "tracing")]
+        let span = crate::trace::task_span("processes", Some(&name));
+        #[cfg(feature = "tracing")]
+        crate::trace::record_id(&span, || shared.id());
         Arc::new(RemoteTask {
             name,
             payload,
+            #[cfg(feature = "tracing")]
+            span,
             job: Typed { shared, decode },
         })
     }
 
     /// Ends the task with `err`, sent or not.
     pub(crate) fn fail(&self, err: Error) {
+        #[cfg(feature = "tracing")]
+        crate::trace::ended(&self.span, true);
         self.job.fail(err);
     }
 
     /// Ends the task with the worker's answer: true if that is an error.
     pub(crate) fn finish(&self, answer: Answer) -> bool {
-        self.job.finish(answer, &self.name)
+        // Its span hears of the end before anyone can see the result.
+        #[cfg(feature = "tracing")]
+        let ending = |failed: bool| crate::trace::ended(&self.span, failed);
+        #[cfg(not(feature = "tracing"))]
+        let ending = |_: bool| {};
+        self.job.finish(answer, &self.name, &ending)
     }
 
     /// Appends its record, with its claim, to a frame.
