@@ -1,8 +1,8 @@
 //! Typed tasks (`#[twinpool::task]`, `Registry::task`, `submit_task`,
-//! `map_task`) on the thread back end, and the compile-time checks that are
-//! their point: the programs in `tests/ui/` must not compile, with the
-//! errors in their `.stderr` files. (The process back end runs typed tasks
-//! in `tests/process.rs`.)
+//! `map_task`) on the thread back end. The compile-time checks that are
+//! their point (wrong types do not compile) are trybuild tests of the
+//! macro crate, `macros/tests/compile_fail.rs`; the process back end runs
+//! typed tasks in `tests/process.rs`.
 
 use twinpool::{Executor, MapOptions, Registry, Task};
 
@@ -90,10 +90,4 @@ fn a_name_registered_twice_panics() {
     let _ = Registry::new()
         .task(square)
         .register("typed_tasks::square", |x: u64| x);
-}
-
-#[test]
-fn wrong_types_do_not_compile() {
-    let t = trybuild::TestCases::new();
-    t.compile_fail("tests/ui/*.rs");
 }
