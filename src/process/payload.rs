@@ -228,7 +228,7 @@ impl Big {
             //    sent after this write: notes name spares by number, and
             //    the next note for this one is sent once it is lent again.
             let dst = unsafe { segment.deref_mut() };
-            dst[..len].copy_from_slice(bytes);
+            crate::codec::copy_into(&mut dst[..len], bytes);
         });
         let shm = match (reused, written) {
             (Some(shm), Some(())) => shm,
