@@ -18,9 +18,9 @@ use crate::recycle::Counted;
 use crate::Error;
 use state::Until;
 
-#[cfg(feature = "process")]
-pub(crate) use state::Stopper;
 pub(crate) use state::{Job, Shared, Work};
+#[cfg(feature = "process")]
+pub(crate) use state::{StopFn, Stopper};
 
 /// The handle of one submitted task, like Python's `concurrent.futures.Future`.
 ///
@@ -149,7 +149,7 @@ impl<T: Send + 'static> Future<T> {
         }
         match (self.shared.stopper(), self.running()) {
             (Some(stop), true) => {
-                stop(self.shared.id());
+                stop.stop(self.shared.id());
                 true
             }
             _ => false,

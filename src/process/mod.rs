@@ -67,7 +67,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::future::{Shared, Stopper};
+use crate::future::{Shared, StopFn, Stopper};
 use crate::map::Chunk;
 use crate::recycle::Counted;
 use crate::registry::Entry;
@@ -163,7 +163,7 @@ impl ProcessPool {
         let driver = Driver::new(id, cfg, &ids, transport)?;
         driver.start_workers(&ids)?;
         let weak: Weak<Driver> = Arc::downgrade(&driver);
-        let stopper: Stopper = Arc::new(move |task| {
+        let stopper: Stopper = StopFn::new(move |task| {
             if let Some(driver) = weak.upgrade() {
                 driver.kill(task);
             }
@@ -209,7 +209,7 @@ impl ProcessPool {
             return Ok(future);
         }
         let payload = task::encode_arg(entry, arg)?;
-        let task = RemoteTask::one(shared, entry.name.clone(), payload);
+        let task = RemoteTask::one(shared, entry.clone(), payload);
         self.driver.submit(task, limit.or(self.task_timeout))?;
         Ok(future)
     }
@@ -235,12 +235,12 @@ impl ProcessPool {
         let task = match (items.pop(), items.is_empty()) {
             (Some(one), true) => {
                 let payload = task::encode_arg(entry, one)?;
-                RemoteTask::chunk_of_one(shared, entry.name.clone(), payload)
+                RemoteTask::chunk_of_one(shared, entry.clone(), payload)
             }
             (last, _) => {
                 items.extend(last);
                 let payload = task::encode_chunk(entry, &items)?;
-                RemoteTask::chunk(shared, entry.name.clone(), payload)
+                RemoteTask::chunk(shared, entry.clone(), payload)
             }
         };
         self.driver.submit(task, self.task_timeout)?;

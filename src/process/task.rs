@@ -149,7 +149,9 @@ where
 /// last field, so that one allocation holds it all (`Arc<RemoteTask>` is
 /// `Arc<RemoteTask<dyn Completion>>`).
 pub(crate) struct RemoteTask<C: ?Sized = dyn Completion> {
-    name: Arc<str>,
+    /// The registered task: its name is what crosses. (A thin pointer:
+    /// every queued task holds one.)
+    entry: Arc<Entry>,
     payload: Payload,
     /// Its span, from the submit to its end (see `crate::trace`).
     #[cfg(feature = "tracing")]
@@ -161,19 +163,19 @@ impl RemoteTask {
     /// A single task whose future is `shared`.
     pub(crate) fn one<R: DeserializeOwned + Send + 'static>(
         shared: Counted<Shared<R>>,
-        name: Arc<str>,
+        entry: Arc<Entry>,
         payload: Payload,
     ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, name, payload, one_result::<R>)
+        RemoteTask::new(shared, entry, payload, one_result::<R>)
     }
 
     /// A chunk of a map whose future is `shared`.
     pub(crate) fn chunk<R: DeserializeOwned + Send + 'static>(
         shared: Counted<Shared<Chunk<R>>>,
-        name: Arc<str>,
+        entry: Arc<Entry>,
         items: Payload,
     ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, name, items, chunk_result::<R>)
+        RemoteTask::new(shared, entry, items, chunk_result::<R>)
     }
 
     /// A chunk of a map that holds one item: sent as a single task (its
@@ -181,15 +183,15 @@ impl RemoteTask {
     /// encoded byte by byte), its answer made a chunk of one.
     pub(crate) fn chunk_of_one<R: DeserializeOwned + Send + 'static>(
         shared: Counted<Shared<Chunk<R>>>,
-        name: Arc<str>,
+        entry: Arc<Entry>,
         payload: Payload,
     ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, name, payload, one_as_chunk::<R>)
+        RemoteTask::new(shared, entry, payload, one_as_chunk::<R>)
     }
 
     fn new<T, D>(
         shared: Counted<Shared<T>>,
-        name: Arc<str>,
+        entry: Arc<Entry>,
         payload: Payload,
         decode: D,
     ) -> Arc<RemoteTask>
@@ -198,11 +200,11 @@ impl RemoteTask {
         D: Fn(Answer, &str) -> Result<T, Error> + Send + Sync + 'static,
     {
         #[cfg(feature = "tracing")]
-        let span = crate::trace::task_span("processes", Some(&name));
+        let span = crate::trace::task_span("processes", Some(&entry.name));
         #[cfg(feature = "tracing")]
         crate::trace::record_id(&span, || shared.id());
         Arc::new(RemoteTask {
-            name,
+            entry,
             payload,
             #[cfg(feature = "tracing")]
             span,
@@ -224,18 +226,23 @@ impl RemoteTask {
         let ending = |failed: bool| crate::trace::ended(&self.span, failed);
         #[cfg(not(feature = "tracing"))]
         let ending = |_: bool| {};
-        self.job.finish(answer, &self.name, &ending)
+        self.job.finish(answer, &self.entry.name, &ending)
     }
 
     /// Appends its record, with its claim, to a frame.
     pub(crate) fn write(&self, w: &mut Writer, claim: ClaimRef) {
         match self.payload.bare() {
-            Payload::One(p) => w.run(self.job.id(), claim, &self.name, BodyRef::of(p)),
+            Payload::One(p) => w.run(self.job.id(), claim, &self.entry.name, BodyRef::of(p)),
             Payload::Small(b, n) => {
                 let bytes = &b[..usize::from(*n)];
-                w.run(self.job.id(), claim, &self.name, BodyRef::Inline(bytes));
+                w.run(
+                    self.job.id(),
+                    claim,
+                    &self.entry.name,
+                    BodyRef::Inline(bytes),
+                );
             }
-            Payload::Chunk(p) => w.chunk(self.job.id(), claim, &self.name, BodyRef::of(p)),
+            Payload::Chunk(p) => w.chunk(self.job.id(), claim, &self.entry.name, BodyRef::of(p)),
             Payload::Attached(_) => unreachable_attached(),
         }
     }
@@ -248,7 +255,7 @@ impl RemoteTask {
             Payload::One(Held::Shared(_)) | Payload::Chunk(Held::Shared(_)) => 0,
             Payload::Attached(_) => 0,
         };
-        32 + self.name.len() + body
+        32 + self.entry.name.len() + body
     }
 
     /// Its payload's shared-memory segment, if it has one.
