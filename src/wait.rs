@@ -68,7 +68,7 @@ fn watch_all<T: Send + 'static>(
 
 /// Where a stream leaves the waker of its last poll, for the watchers to
 /// wake. Until a stream polls, `armed` is false and a watcher does not
-/// touch the lock: a plain iterator pays nothing for it.
+/// touch the lock: a plain iterator pays one fence per future that ends.
 /// Its atomic, fence and mutex come from [`crate::sync`], so that the
 /// loom model at the end of this file checks it.
 #[derive(Default)]
