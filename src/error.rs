@@ -6,9 +6,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// Everything that can go wrong when submitting work or waiting for it.
 ///
 /// Each variant's `Display` is a sentence that says what happened and what to
-/// do about it. The enum is `#[non_exhaustive]`: match the variants you handle
-/// and keep a `_` arm.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// do about it. The enum is `#[non_exhaustive]`: match the variants you
+/// handle and keep a `_` arm. It is `Serialize` and `Deserialize`, so an
+/// error can cross to another process (the MPI back end carries the errors
+/// of other machines' tasks this way).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// The future was cancelled before its task started, so the task never ran.
@@ -153,7 +155,7 @@ pub enum Error {
 }
 
 /// How a worker process ended, in [`Error::WorkerDied`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum WorkerExit {
     /// It exited with this code (`std::process::exit`, or returning from

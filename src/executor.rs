@@ -16,13 +16,23 @@ use crate::{deadlock, Error, Future, Map, MapOptions, Registry};
 #[cfg(feature = "process")]
 use crate::process::ProcessPool;
 
+#[cfg(feature = "mpi")]
+use crate::mpi::MpiPool;
+
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The two back ends.
+/// A new pool's id, unique in the process.
+pub(crate) fn next_pool_id() -> u64 {
+    NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The back ends.
 enum Backend {
     Threads(ThreadPool),
     #[cfg(feature = "process")]
     Processes(ProcessPool),
+    #[cfg(feature = "mpi")]
+    Mpi(MpiPool),
 }
 
 struct Inner {
@@ -48,6 +58,8 @@ impl Inner {
             Backend::Threads(p) => p.id(),
             #[cfg(feature = "process")]
             Backend::Processes(p) => p.id(),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(p) => p.id(),
         }
     }
 
@@ -56,6 +68,8 @@ impl Inner {
             Backend::Threads(p) => p.shutdown(wait, cancel_futures),
             #[cfg(feature = "process")]
             Backend::Processes(p) => p.shutdown(wait, cancel_futures),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(p) => p.shutdown(wait, cancel_futures),
         }
     }
 }
@@ -101,6 +115,8 @@ impl std::fmt::Debug for Executor {
             Backend::Threads(_) => "threads",
             #[cfg(feature = "process")]
             Backend::Processes(_) => "processes",
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(_) => "mpi",
         };
         f.debug_struct("Executor")
             .field("backend", &kind)
@@ -158,6 +174,8 @@ impl Executor {
             Backend::Threads(p) => p.stats(),
             #[cfg(feature = "process")]
             Backend::Processes(p) => p.stats(),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(p) => p.stats(),
         }
     }
 
@@ -197,7 +215,7 @@ impl Executor {
                 Ok(Future::new(shared))
             }
             #[cfg(feature = "process")]
-            Backend::Processes(_) => Err(Error::Unsupported {
+            _ => Err(Error::Unsupported {
                 reason: "a process pool cannot run a closure, because a closure cannot cross \
                          to another process; register the function in the Registry and call \
                          submit_named"
@@ -300,6 +318,8 @@ impl Executor {
             }
             #[cfg(feature = "process")]
             Backend::Processes(pool) => pool.submit(entry, arg, limit),
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(pool) => pool.submit(entry, arg, limit),
         }
     }
 
@@ -342,6 +362,11 @@ impl Executor {
             Backend::Threads(_) => Err(unstoppable_threads()),
             #[cfg(feature = "process")]
             Backend::Processes(pool) => {
+                pool.signal_workers(_signal);
+                Ok(())
+            }
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(pool) => {
                 pool.signal_workers(_signal);
                 Ok(())
             }
@@ -492,7 +517,15 @@ impl Executor {
                 let ex = self.clone();
                 Ok(Box::new(move |items: Vec<A>| match &ex.inner.backend {
                     Backend::Processes(pool) => pool.submit_chunk(&entry, items),
-                    Backend::Threads(_) => Err(Error::Shutdown),
+                    _ => Err(Error::Shutdown),
+                }))
+            }
+            #[cfg(feature = "mpi")]
+            Backend::Mpi(_) => {
+                let ex = self.clone();
+                Ok(Box::new(move |items: Vec<A>| match &ex.inner.backend {
+                    Backend::Mpi(pool) => pool.submit_chunk(&entry, items),
+                    _ => Err(Error::Shutdown),
                 }))
             }
         }
@@ -551,6 +584,8 @@ enum Kind {
     Threads,
     #[cfg(feature = "process")]
     Processes,
+    #[cfg(feature = "mpi")]
+    Mpi,
 }
 
 /// Options for an [`Executor`]; start with [`Executor::builder`].
@@ -579,6 +614,8 @@ pub struct Builder {
     /// refuse them instead of ignoring them.
     #[cfg(feature = "process")]
     process_only: Vec<&'static str>,
+    #[cfg(feature = "mpi")]
+    mpi: crate::mpi::MpiOptions,
 }
 
 impl std::fmt::Debug for Builder {
@@ -619,6 +656,62 @@ impl Builder {
     pub fn processes_per_cpu(mut self) -> Builder {
         self.kind = Kind::Processes;
         self.workers = None;
+        self
+    }
+
+    /// A pool over the ranks of the MPI job this program runs in, started
+    /// with `mpirun -n N ./app`: rank 0 returns from
+    /// [`serve_if_worker`](crate::serve_if_worker) and builds this pool;
+    /// every other rank serves it from that same call and never returns,
+    /// as with mpi4py's `MPICommExecutor`. Each rank runs its tasks in a
+    /// local process pool of [`workers_per_rank`](Self::workers_per_rank)
+    /// workers, so a crash or a time limit costs one task, as on one
+    /// machine. Needs a [`registry`](Self::registry); the process-pool
+    /// options apply to every rank's local pool. See the crate's README,
+    /// "Past one machine", for what ends the job and how it runs under
+    /// Slurm.
+    ///
+    /// [`build`](Self::build) fails with [`Error::Spawn`] when the program
+    /// runs alone (not under `mpirun`), when a rank holds other tasks or
+    /// types, and when the ranks do not answer within the
+    /// [`connect_timeout`](Self::connect_timeout) (plus 5 s).
+    #[cfg(feature = "mpi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+    pub fn mpi(mut self) -> Builder {
+        self.kind = Kind::Mpi;
+        self.mpi.spawn = None;
+        self
+    }
+
+    /// A pool over `n` new MPI ranks that this program starts with
+    /// `MPI_Comm_spawn` of its own executable, as mpi4py's
+    /// `MPIPoolExecutor(max_workers=n)`: for a program started without
+    /// `mpirun` (an MPI singleton) or as one rank of a job. The spawned
+    /// ranks serve from [`serve_if_worker`](crate::serve_if_worker) and
+    /// exit when the pool shuts down. Otherwise as [`mpi`](Self::mpi).
+    ///
+    /// The ranks are placed round robin over the nodes of the job's
+    /// allocation, more of them than cores if asked (Open MPI's
+    /// `map_by node:OVERSUBSCRIBE`). A spawn MPI refuses is an
+    /// [`Error::Spawn`], and the program goes on.
+    #[cfg(feature = "mpi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+    pub fn mpi_spawn(mut self, n: usize) -> Builder {
+        self.kind = Kind::Mpi;
+        self.mpi.spawn = Some(n);
+        self
+    }
+
+    /// For an MPI pool: how many worker processes each rank runs its tasks
+    /// in. Default: one per core of the rank's node
+    /// (`available_parallelism` there). Each rank holds at most 4 tasks per
+    /// worker; the rest wait in the pool's process, where `cancel` still
+    /// works.
+    #[cfg(feature = "mpi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+    pub fn workers_per_rank(mut self, k: usize) -> Builder {
+        self.mpi.workers_per_rank = Some(k);
+        self.process_only.push("Builder::workers_per_rank");
         self
     }
 
@@ -762,7 +855,7 @@ impl Builder {
     /// [`thread_name_prefix`](Self::thread_name_prefix) or the closure
     /// [`initializer`](Self::initializer) on a process pool.
     pub fn build(self) -> Result<Executor, Error> {
-        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        let id = next_pool_id();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let backend = match self.kind {
             Kind::Threads => {
@@ -789,46 +882,32 @@ impl Builder {
             Kind::Processes => {
                 let n = self.workers.unwrap_or(cores);
                 check_workers(n)?;
-                let ignored = [
-                    (
-                        self.thread_name_prefix.is_some(),
-                        "Builder::thread_name_prefix",
-                    ),
-                    (
-                        self.initializer.is_some(),
-                        "Builder::initializer (a closure cannot cross to a worker process; \
-                         use Builder::initializer_named)",
-                    ),
-                ];
-                if let Some((_, option)) = ignored.iter().find(|(given, _)| *given) {
+                #[cfg(feature = "mpi")]
+                if self.mpi.workers_per_rank.is_some() {
                     return Err(Error::InvalidArgument {
-                        reason: format!(
-                            "{option} is an option of thread pools, and a process pool would \
-                             ignore it; leave it out"
-                        ),
-                    });
-                }
-                if self.process.max_tasks_per_child == Some(0) {
-                    return Err(Error::InvalidArgument {
-                        reason: "Builder::max_tasks_per_child must be at least 1".into(),
-                    });
-                }
-                let mut process = self.process;
-                if let (Some((_, payload)), Some(arg)) =
-                    (process.initializer.as_mut(), self.initializer_arg)
-                {
-                    *payload = arg?;
-                }
-                let registry = self
-                    .registry
-                    .clone()
-                    .ok_or_else(|| Error::InvalidArgument {
-                        reason: "a process pool needs a Registry of named tasks; \
-                             give one with Builder::registry"
+                        reason: "Builder::workers_per_rank is an option of MPI pools, and a \
+                                 local process pool would ignore it; give the number of \
+                                 workers to Builder::processes"
                             .into(),
-                    })?;
+                    });
+                }
+                let (registry, process) = self.process_parts()?;
                 let pool = ProcessPool::start(id, n, registry, process)?;
                 (Backend::Processes(pool), n)
+            }
+            #[cfg(feature = "mpi")]
+            Kind::Mpi => {
+                if let Some(n) = self.mpi.spawn {
+                    check_workers(n)?;
+                }
+                if let Some(k) = self.mpi.workers_per_rank {
+                    check_workers(k)?;
+                }
+                let mpi = self.mpi.clone();
+                let (registry, process) = self.process_parts()?;
+                let pool = MpiPool::start(id, registry, process, mpi)?;
+                let n = pool.workers();
+                (Backend::Mpi(pool), n)
             }
         };
         let (backend, max_workers) = backend;
@@ -839,6 +918,53 @@ impl Builder {
                 max_workers,
             }),
         })
+    }
+}
+
+impl Builder {
+    /// Checks the options of a pool of processes (local or MPI) and returns
+    /// its registry and options.
+    #[cfg(feature = "process")]
+    fn process_parts(&self) -> Result<(Registry, crate::process::ProcessOptions), Error> {
+        let ignored = [
+            (
+                self.thread_name_prefix.is_some(),
+                "Builder::thread_name_prefix",
+            ),
+            (
+                self.initializer.is_some(),
+                "Builder::initializer (a closure cannot cross to a worker process; \
+                 use Builder::initializer_named)",
+            ),
+        ];
+        if let Some((_, option)) = ignored.iter().find(|(given, _)| *given) {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "{option} is an option of thread pools, and a process pool would \
+                     ignore it; leave it out"
+                ),
+            });
+        }
+        if self.process.max_tasks_per_child == Some(0) {
+            return Err(Error::InvalidArgument {
+                reason: "Builder::max_tasks_per_child must be at least 1".into(),
+            });
+        }
+        let mut process = self.process.clone();
+        if let (Some((_, payload)), Some(arg)) =
+            (process.initializer.as_mut(), self.initializer_arg.clone())
+        {
+            *payload = arg?;
+        }
+        let registry = self
+            .registry
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument {
+                reason: "a process pool needs a Registry of named tasks; \
+                     give one with Builder::registry"
+                    .into(),
+            })?;
+        Ok((registry, process))
     }
 }
 

@@ -45,6 +45,8 @@ mod error;
 mod executor;
 mod future;
 mod map;
+#[cfg(feature = "mpi")]
+mod mpi;
 #[cfg(feature = "process")]
 mod process;
 mod recycle;
@@ -60,6 +62,11 @@ mod trace;
 mod wait;
 
 pub use error::{Error, WorkerExit};
+
+/// The variables by which an MPI launcher (Open MPI's `mpirun`, PMIx,
+/// MPICH's Hydra, Slurm's `srun` with PMI) tells a process its rank.
+#[cfg(feature = "process")]
+pub(crate) const RANK_ENV: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
 pub use executor::{Builder, Executor};
 pub use future::Future;
 pub use map::{Map, MapOptions};

@@ -170,6 +170,28 @@ pub(crate) enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The failed outcome that becomes `err` again when decoded: a failure
+    /// that crossed from another machine as an [`Error`](crate::Error).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn from_error(err: crate::Error) -> Outcome {
+        match err {
+            crate::Error::Panicked { message } => Outcome::Panicked(message),
+            crate::Error::Decode { what, detail } => Outcome::Failed {
+                decode: true,
+                what,
+                detail,
+            },
+            crate::Error::Encode { what, detail } => Outcome::Failed {
+                decode: false,
+                what,
+                detail,
+            },
+            other => Outcome::Panicked(other.to_string()),
+        }
+    }
+}
+
 /// A reply from a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reply {

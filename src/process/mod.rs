@@ -55,8 +55,8 @@ mod payload;
 pub(crate) mod scheduler;
 #[cfg(test)]
 mod sim;
-mod spawn;
-mod task;
+pub(crate) mod spawn;
+pub(crate) mod task;
 mod transport;
 mod worker;
 
@@ -244,6 +244,25 @@ impl ProcessPool {
             }
         };
         self.driver.submit(task, self.task_timeout)?;
+        Ok(future)
+    }
+
+    /// Queues task `entry` on an argument encoded elsewhere (a chunk's if
+    /// `chunk`), keeping its answer as bytes: how a rank of the MPI back
+    /// end runs the tasks another machine sends it.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn submit_raw(
+        &self,
+        entry: &Arc<Entry>,
+        arg: Vec<u8>,
+        chunk: bool,
+        limit: Option<Duration>,
+    ) -> Result<Future<task::Raw>, Error> {
+        let shared = self.new_shared();
+        let future = Future::new(shared.clone());
+        let payload = task::payload_of(arg, chunk, &entry.name)?;
+        let task = RemoteTask::raw(shared, entry.clone(), payload);
+        self.driver.submit(task, limit.or(self.task_timeout))?;
         Ok(future)
     }
 

@@ -189,6 +189,12 @@ fn start(opts: &StartOptions) -> Result<Starting, Error> {
         .stdin(Stdio::null())
         // Its own process group: a kill reaches whatever its tasks start.
         .process_group(0);
+    // A worker is no rank of an MPI job, even when its pool runs in one:
+    // without these, a worker of a rank's pool (or a program one of its
+    // tasks starts) would take itself for a rank (see `mpi::rank`).
+    for var in crate::RANK_ENV {
+        cmd.env_remove(var);
+    }
     if let Some(limit) = opts.memory_limit {
         cmd.env(MEMORY_LIMIT_ENV, limit.to_string());
         // Printing a backtrace after a failed allocation would overwrite
@@ -345,25 +351,36 @@ const POLL: Duration = Duration::from_millis(20);
 /// Checks that the worker speaks our protocol and holds every task of
 /// `registry` with the same types, down to their structure.
 fn check_hello(hello: &Hello, registry: &Registry) -> Result<(), String> {
-    if hello.version != PROTOCOL_VERSION {
+    check_version(hello.version)?;
+    let ours: Vec<TaskInfo> = registry.entries().map(|e| task_info(e)).collect();
+    check_tasks(&ours, &hello.tasks)
+}
+
+/// Checks that the other side speaks our protocol version.
+pub(crate) fn check_version(theirs: u32) -> Result<(), String> {
+    if theirs != PROTOCOL_VERSION {
         return Err(format!(
-            "it speaks twinpool protocol {} but this pool speaks {}; build both with the same \
-             twinpool version",
-            hello.version, PROTOCOL_VERSION
+            "it speaks twinpool protocol {theirs} but this pool speaks {PROTOCOL_VERSION}; \
+             build both with the same twinpool version"
         ));
     }
-    for entry in registry.entries() {
-        let Some(theirs) = hello.tasks.iter().find(|t| *t.name == *entry.name) else {
+    Ok(())
+}
+
+/// Checks that `theirs` (what a worker holds) has every task of `ours` (what
+/// the pool may send) with the same types, down to their structure.
+pub(crate) fn check_tasks(ours: &[TaskInfo], theirs: &[TaskInfo]) -> Result<(), String> {
+    for ours in ours {
+        let Some(theirs) = theirs.iter().find(|t| t.name == ours.name) else {
             return Err(format!(
                 "it has no task named {:?}; register it in the worker's registry too",
-                entry.name
+                ours.name
             ));
         };
-        let ours = task_info(entry);
         if theirs.arg_type != ours.arg_type || theirs.ret_type != ours.ret_type {
             return Err(format!(
                 "its task {:?} is fn({}) -> {} but this pool's is fn({}) -> {}",
-                entry.name, theirs.arg_type, theirs.ret_type, ours.arg_type, ours.ret_type
+                ours.name, theirs.arg_type, theirs.ret_type, ours.arg_type, ours.ret_type
             ));
         }
         for (what, a, b) in [
@@ -374,7 +391,7 @@ fn check_hello(hello: &Hello, registry: &Registry) -> Result<(), String> {
                 return Err(format!(
                     "the {what} type of its task {:?} has another layout: the worker's is {} \
                      but this pool's is {}; build the pool and the worker from the same source",
-                    entry.name, a.1, b.1
+                    ours.name, a.1, b.1
                 ));
             }
         }

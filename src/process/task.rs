@@ -81,6 +81,21 @@ pub(crate) enum Answer {
     },
 }
 
+/// A task's answer as bytes, not decoded: what a rank of the MPI back end
+/// sends back to the pool that handed it the task, where it is decoded.
+#[cfg(feature = "mpi")]
+#[derive(Debug)]
+pub(crate) enum Raw {
+    /// A single task's encoded result.
+    One(Vec<u8>),
+    /// A chunk's encoded results (those of the items that succeeded), then
+    /// its failure.
+    Chunk {
+        results: Vec<u8>,
+        failure: Option<Error>,
+    },
+}
+
 /// The future's side of a task, with its result type erased.
 pub(crate) trait Completion: Send + Sync {
     fn id(&self) -> TaskId;
@@ -189,6 +204,17 @@ impl RemoteTask {
         RemoteTask::new(shared, entry, payload, one_as_chunk::<R>)
     }
 
+    /// A task whose answer is kept as bytes (see [`Raw`]): a rank of the
+    /// MPI back end runs other machines' tasks with it.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn raw(
+        shared: Counted<Shared<Raw>>,
+        entry: Arc<Entry>,
+        payload: Payload,
+    ) -> Arc<RemoteTask> {
+        RemoteTask::new(shared, entry, payload, raw_result)
+    }
+
     fn new<T, D>(
         shared: Counted<Shared<T>>,
         entry: Arc<Entry>,
@@ -221,12 +247,55 @@ impl RemoteTask {
 
     /// Ends the task with the worker's answer: true if that is an error.
     pub(crate) fn finish(&self, answer: Answer) -> bool {
+        self.finish_counted(answer, &|_| {})
+    }
+
+    /// [`finish`](Self::finish), telling `count` whether the task failed
+    /// before anyone can see its result (so that a count read after the
+    /// result includes it).
+    pub(crate) fn finish_counted(&self, answer: Answer, count: &dyn Fn(bool)) -> bool {
         // Its span hears of the end before anyone can see the result.
-        #[cfg(feature = "tracing")]
-        let ending = |failed: bool| crate::trace::ended(&self.span, failed);
-        #[cfg(not(feature = "tracing"))]
-        let ending = |_: bool| {};
+        let ending = |failed: bool| {
+            #[cfg(feature = "tracing")]
+            crate::trace::ended(&self.span, failed);
+            count(failed);
+        };
         self.job.finish(answer, &self.entry.name, &ending)
+    }
+
+    /// Ends the task with an answer that another machine decoded nothing
+    /// of: true if that is an error.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn finish_raw(&self, raw: Raw, count: &dyn Fn(bool)) -> bool {
+        let answer = match raw {
+            Raw::One(bytes) => Answer::One(Ok(Held::Bytes(bytes))),
+            Raw::Chunk { results, failure } => Answer::Chunk {
+                results: Held::Bytes(results),
+                failure: failure.map(Outcome::from_error),
+            },
+        };
+        self.finish_counted(answer, count)
+    }
+
+    /// Its registered name.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// The encoded argument (a chunk's: the sequence of its arguments), and
+    /// whether it is a chunk's.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn arg(&self) -> (&[u8], bool) {
+        match self.payload.bare() {
+            Payload::One(p) => (p, false),
+            Payload::Small(b, n) => (&b[..usize::from(*n)], false),
+            Payload::Chunk(p) => (p, true),
+            Payload::Attached(_) => {
+                unreachable_attached();
+                (&[], false)
+            }
+        }
     }
 
     /// Appends its record, with its claim, to a frame.
@@ -302,6 +371,38 @@ pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: A) -> Resul
 }
 
 fn encode_bare<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Payload, Error> {
+    encode_held(entry, arg, BIG)
+}
+
+/// Encodes a task's argument as plain bytes, never into a shared-memory
+/// segment: for a transport that carries bytes to other machines. An
+/// argument that names [`Shared`](crate::Shared) handles is refused, as
+/// their segments exist on this machine only.
+#[cfg(feature = "mpi")]
+pub(crate) fn encode_arg_plain<A: Serialize + 'static>(
+    entry: &Entry,
+    arg: A,
+) -> Result<Payload, Error> {
+    let (payload, shares) = crate::shared::collect(|| encode_held(entry, arg, usize::MAX));
+    if !shares.is_empty() {
+        return Err(Error::Unsupported {
+            reason: format!(
+                "the argument of task {:?} holds a twinpool::Shared, whose bytes lie in \
+                 shared memory on this machine and cannot reach other machines; pass the \
+                 bytes themselves",
+                entry.name
+            ),
+        });
+    }
+    payload
+}
+
+/// Encodes `arg`; bytes from `big` up go into a shared-memory segment.
+fn encode_held<A: Serialize + 'static>(
+    entry: &Entry,
+    arg: A,
+    big: usize,
+) -> Result<Payload, Error> {
     let what = || format!("the argument of task {:?}", entry.name);
     let bytes = match codec::into_raw_bytes(arg) {
         Ok(bytes) => bytes,
@@ -313,7 +414,7 @@ fn encode_bare<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Payload,
             }
         }
     };
-    let held = if bytes.len() >= BIG {
+    let held = if bytes.len() >= big {
         Held::big(&bytes)
     } else {
         Ok(Held::Bytes(bytes))
@@ -339,6 +440,49 @@ pub(crate) fn encode_chunk<A: Serialize + 'static>(
     Ok(Payload::Chunk(held).attach(shares))
 }
 
+/// A payload of bytes encoded elsewhere (by the pool of another machine):
+/// a chunk's if `chunk`. Big bytes go into a shared-memory segment for the
+/// local worker.
+#[cfg(feature = "mpi")]
+pub(crate) fn payload_of(bytes: Vec<u8>, chunk: bool, name: &str) -> Result<Payload, Error> {
+    if !chunk && bytes.len() <= SMALL {
+        let mut small = [0u8; SMALL];
+        small[..bytes.len()].copy_from_slice(&bytes);
+        return Ok(Payload::Small(small, bytes.len() as u8));
+    }
+    let held = Held::new(bytes).map_err(|detail| Error::Encode {
+        what: format!("the argument of task {name:?}"),
+        detail,
+    })?;
+    Ok(if chunk {
+        Payload::Chunk(held)
+    } else {
+        Payload::One(held)
+    })
+}
+
+/// [`encode_chunk`] as plain bytes, for a transport that carries bytes to
+/// other machines (see [`encode_arg_plain`]).
+#[cfg(feature = "mpi")]
+pub(crate) fn encode_chunk_plain<A: Serialize + 'static>(
+    entry: &Entry,
+    items: &[A],
+) -> Result<Payload, Error> {
+    let what = || format!("the arguments of task {:?}", entry.name);
+    let (bytes, shares) = crate::shared::collect(|| codec::encode_seq(items, what));
+    if !shares.is_empty() {
+        return Err(Error::Unsupported {
+            reason: format!(
+                "the arguments of task {:?} hold a twinpool::Shared, whose bytes lie in \
+                 shared memory on this machine and cannot reach other machines; pass the \
+                 bytes themselves",
+                entry.name
+            ),
+        });
+    }
+    Ok(Payload::Chunk(Held::Bytes(bytes?)))
+}
+
 fn not_the_answer(name: &str) -> Error {
     Error::Decode {
         what: format!("the result of task {name:?}"),
@@ -360,6 +504,37 @@ fn decode_outcome<R: DeserializeOwned + 'static>(outcome: Outcome, name: &str) -
             detail,
         } => Err(Error::Decode { what, detail }),
         Outcome::Failed { what, detail, .. } => Err(Error::Encode { what, detail }),
+    }
+}
+
+/// The error a failed outcome stands for.
+#[cfg(feature = "mpi")]
+fn outcome_error(outcome: Outcome, name: &str) -> Error {
+    match decode_outcome::<serde::de::IgnoredAny>(outcome, name) {
+        Err(e) => e,
+        Ok(_) => not_the_answer(name),
+    }
+}
+
+/// Bytes out of their holder (copied out of a segment).
+#[cfg(feature = "mpi")]
+fn into_vec(held: Held) -> Vec<u8> {
+    match held {
+        Held::Bytes(bytes) => bytes,
+        Held::Shared(big) => big.to_vec(),
+    }
+}
+
+/// An answer as bytes, undecoded.
+#[cfg(feature = "mpi")]
+fn raw_result(answer: Answer, name: &str) -> Result<Raw, Error> {
+    match answer {
+        Answer::One(Ok(held)) => Ok(Raw::One(into_vec(held))),
+        Answer::One(Err(outcome)) => Err(outcome_error(outcome, name)),
+        Answer::Chunk { results, failure } => Ok(Raw::Chunk {
+            results: into_vec(results),
+            failure: failure.map(|f| outcome_error(f, name)),
+        }),
     }
 }
 

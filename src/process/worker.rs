@@ -58,6 +58,9 @@ use std::collections::HashMap;
 /// ```
 pub fn serve_if_worker(registry: &Registry) {
     let Some(server) = std::env::var_os(SERVER_ENV) else {
+        // Not a worker process; perhaps a rank that serves an MPI pool.
+        #[cfg(feature = "mpi")]
+        crate::mpi::serve_if_rank(registry);
         return;
     };
     let parent = std::env::var(PARENT_ENV)

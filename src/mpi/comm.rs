@@ -1,0 +1,545 @@
+//! MPI itself: one thread makes every MPI call of the process.
+//!
+//! Open MPI's communicators may not move between threads, and a process may
+//! initialise MPI only once, so the pool's side keeps one thread for the
+//! life of the process (started by the first MPI executor; [`client`]).
+//! Every other thread talks to it through a channel of [`Order`]s; what
+//! arrives from the ranks it hands to the open session's handler, on its
+//! own thread. A serving rank makes its MPI calls on its main thread
+//! (`rank.rs`), with the same [`Endpoint`] and [`Backoff`].
+//!
+//! Nothing blocks here but MPI's own receive of a message already probed:
+//! sends are non-blocking (`MPI_Isend`, kept until `MPI_Test` says they are
+//! done), and an idle thread probes with a back-off (spinning briefly, then
+//! sleeping from 2 µs up to 1 ms between probes, as mpi4py.futures does)
+//! instead of burning a core in a blocking receive. A sleeping pool thread
+//! still wakes at once for a new order, since it sleeps on its channel.
+
+use std::os::raw::c_int;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use mpi::ffi;
+use mpi::point_to_point::MatchedReceiveVec;
+use mpi::raw::AsRaw;
+use mpi::topology::{InterCommunicator, SimpleCommunicator};
+use mpi::traits::*;
+
+use super::wire::{Incoming, Outgoing, Owner, ToRank, MAX_MESSAGE, TAG_BLOB, TAG_HEAD};
+use crate::Error;
+
+/// The argument by which a program started with `MPI_Comm_spawn` knows it
+/// is a rank of the pool that spawned it.
+pub(crate) const SPAWNED_ARG: &str = "--twinpool-mpi-rank";
+
+/// The communicator of a session.
+pub(crate) enum Comm {
+    /// `MPI_COMM_WORLD`: started by `mpirun`, rank 0 is the pool.
+    World(SimpleCommunicator),
+    /// Between a pool and the ranks it spawned (on either side).
+    Inter(InterCommunicator),
+}
+
+impl Comm {
+    fn raw(&self) -> ffi::MPI_Comm {
+        match self {
+            Comm::World(c) => c.as_raw(),
+            Comm::Inter(c) => c.as_raw(),
+        }
+    }
+}
+
+/// A send under way, with the bytes it reads.
+struct Pending {
+    request: ffi::MPI_Request,
+    /// Keeps the buffer alive, and unmoved, until the send is done.
+    _bytes: Keep,
+}
+
+enum Keep {
+    Head(Vec<u8>),
+    Blob(Owner),
+}
+
+/// One side of a session's communicator: sends under way, and the receipt
+/// of whole messages (a head and its blobs).
+pub(crate) struct Endpoint {
+    comm: Comm,
+    sends: Vec<Pending>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(comm: Comm) -> Endpoint {
+        Endpoint {
+            comm,
+            sends: Vec::new(),
+        }
+    }
+
+    /// Starts sending `out`; returns at once.
+    pub(crate) fn send(&mut self, out: Outgoing) {
+        let Outgoing { peer, head, blobs } = out;
+        self.isend(peer, TAG_HEAD, Keep::Head(head));
+        for blob in blobs {
+            self.isend(peer, TAG_BLOB, Keep::Blob(blob));
+        }
+    }
+
+    fn isend(&mut self, peer: i32, tag: i32, bytes: Keep) {
+        let slice: &[u8] = match &bytes {
+            Keep::Head(v) => v,
+            Keep::Blob(o) => o.bytes(),
+        };
+        // The producers refuse bigger payloads (see `MAX_MESSAGE`); clamp
+        // rather than wrap if one slips through.
+        let count = slice.len().min(MAX_MESSAGE) as c_int;
+        // SAFETY: `ffi::RSMPI_REQUEST_NULL` is a constant of the bindings.
+        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+        // SAFETY: the buffer is `count` bytes long and lives, unmoved (a
+        // `Vec`'s or a task's heap bytes do not move when their owner
+        // does), in `Pending::_bytes` until `MPI_Test` reports the send
+        // done (`progress`) or `wait_sends` has waited for it; the
+        // communicator is live while this endpoint holds it; only this
+        // thread makes MPI calls.
+        unsafe {
+            ffi::MPI_Isend(
+                slice.as_ptr().cast(),
+                count,
+                ffi::RSMPI_UINT8_T,
+                peer,
+                tag,
+                self.comm.raw(),
+                &mut request,
+            );
+        }
+        self.sends.push(Pending {
+            request,
+            _bytes: bytes,
+        });
+    }
+
+    /// Lets MPI move the sends under way; true if one of them ended.
+    pub(crate) fn progress(&mut self) -> bool {
+        let before = self.sends.len();
+        self.sends.retain_mut(|p| {
+            let mut done: c_int = 0;
+            // SAFETY: `p.request` is a live request of this thread's
+            // sends; MPI_Test sets it to MPI_REQUEST_NULL when done.
+            unsafe { ffi::MPI_Test(&mut p.request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
+            done == 0
+        });
+        self.sends.len() != before
+    }
+
+    /// Waits until every send under way is done.
+    pub(crate) fn wait_sends(&mut self) {
+        for mut p in self.sends.drain(..) {
+            // SAFETY: as in `progress`; after MPI_Wait the buffer is free.
+            unsafe { ffi::MPI_Wait(&mut p.request, ffi::RSMPI_STATUS_IGNORE) };
+        }
+    }
+
+    /// A whole message, if one has arrived.
+    pub(crate) fn recv(&mut self) -> Option<Incoming> {
+        match &self.comm {
+            Comm::World(c) => recv_on(c),
+            Comm::Inter(c) => recv_on(c),
+        }
+    }
+}
+
+/// Takes a head and then its blobs from the same sender (MPI keeps their
+/// order on one tag).
+fn recv_on<C: Communicator>(c: &C) -> Option<Incoming> {
+    let probed = c.any_process().immediate_matched_probe_with_tag(TAG_HEAD)?;
+    let (mut head, status) = probed.matched_receive_vec::<u8>();
+    let peer = status.source_rank();
+    let count = head
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    head.drain(..head.len().min(4));
+    let blobs: Vec<Vec<u8>> = (0..count)
+        .map(|_| {
+            c.process_at_rank(peer)
+                .matched_probe_with_tag(TAG_BLOB)
+                .matched_receive_vec::<u8>()
+                .0
+        })
+        .collect();
+    Some(Incoming {
+        peer,
+        head,
+        blobs: blobs.into_iter(),
+    })
+}
+
+/// How long an idle MPI thread waits before it probes again.
+pub(crate) struct Backoff {
+    idle: u32,
+}
+
+/// Rounds of only yielding before the first sleep.
+const SPINS: u32 = 50;
+/// The first and the longest sleep between probes.
+const FIRST_SLEEP: Duration = Duration::from_micros(2);
+const MAX_SLEEP: Duration = Duration::from_millis(1);
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff { idle: 0 }
+    }
+
+    /// Something happened: probe again at once.
+    pub(crate) fn reset(&mut self) {
+        self.idle = 0;
+    }
+
+    /// How long to wait now: `None` for a yield.
+    pub(crate) fn next(&mut self) -> Option<Duration> {
+        self.idle = self.idle.saturating_add(1);
+        if self.idle <= SPINS {
+            return None;
+        }
+        let doublings = (self.idle - SPINS).min(16);
+        Some((FIRST_SLEEP * (1u32 << doublings)).min(MAX_SLEEP))
+    }
+
+    /// Waits on `rx` as long as the back-off says; what came, if anything.
+    pub(crate) fn wait<T>(&mut self, rx: &Receiver<T>) -> Result<Option<T>, ()> {
+        match self.next() {
+            None => {
+                std::thread::yield_now();
+                Ok(None)
+            }
+            Some(d) => match rx.recv_timeout(d) {
+                Ok(t) => Ok(Some(t)),
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => Err(()),
+            },
+        }
+    }
+}
+
+/// Initialises MPI on the calling thread, which must make every MPI call
+/// of the process from then on.
+pub(crate) fn init() -> Result<mpi::environment::Universe, String> {
+    let (universe, _threading) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+        .ok_or_else(|| {
+            "MPI was initialised already in this process, by other code; twinpool must own \
+             MPI to use it (one MPI executor per program, and no other use of MPI)"
+                .to_string()
+        })?;
+    // Errors come back as codes instead of ending the job, where MPI can
+    // (a failed spawn among them).
+    // SAFETY: constants of the bindings; MPI is initialised.
+    unsafe {
+        ffi::MPI_Comm_set_errhandler(ffi::RSMPI_COMM_WORLD, ffi::RSMPI_ERRORS_RETURN);
+        ffi::MPI_Comm_set_errhandler(ffi::RSMPI_COMM_SELF, ffi::RSMPI_ERRORS_RETURN);
+    }
+    Ok(universe)
+}
+
+/// Starts `n` ranks running `program` (with [`SPAWNED_ARG`]) by
+/// `MPI_Comm_spawn` from this process alone.
+fn spawn(program: &Path, n: usize) -> Result<InterCommunicator, String> {
+    use std::ffi::CString;
+    let prog = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("the program path {} holds a NUL byte", program.display()))?;
+    let arg = CString::new(SPAWNED_ARG).map_err(|e| e.to_string())?;
+    let mut argv = [arg.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let n = c_int::try_from(n).map_err(|_| format!("{n} ranks are more than MPI can count"))?;
+    let mut errcodes = vec![0 as c_int; n as usize];
+    // SAFETY: a constant of the bindings.
+    let mut inter = unsafe { ffi::RSMPI_COMM_NULL };
+    // Open MPI's placement: round robin over the nodes of the allocation,
+    // and more ranks than cores allowed, as a pool of workers wants (other
+    // MPI libraries ignore the key).
+    let (key, value) = (c"map_by", c"node:OVERSUBSCRIBE");
+    // SAFETY: a constant of the bindings.
+    let mut info = unsafe { ffi::RSMPI_INFO_NULL };
+    // SAFETY: `info` receives a new info object, freed below; the key and
+    // value are NUL-terminated and outlive the call.
+    unsafe {
+        ffi::MPI_Info_create(&mut info);
+        ffi::MPI_Info_set(info, key.as_ptr(), value.as_ptr());
+    }
+    // SAFETY: `prog` and `argv` (NULL-terminated) outlive the call;
+    // `errcodes` has room for `n` codes; the spawning communicator is
+    // MPI_COMM_SELF, so this process alone takes part; this is the MPI
+    // thread.
+    let rc = unsafe {
+        ffi::MPI_Comm_spawn(
+            prog.as_ptr(),
+            argv.as_mut_ptr(),
+            n,
+            info,
+            0,
+            ffi::RSMPI_COMM_SELF,
+            &mut inter,
+            errcodes.as_mut_ptr(),
+        )
+    };
+    // SAFETY: the info object made above, no longer used.
+    unsafe { ffi::MPI_Info_free(&mut info) };
+    let failed = errcodes.iter().filter(|&&c| c != 0).count();
+    // SAFETY: a constant of the bindings.
+    let null = unsafe { ffi::RSMPI_COMM_NULL };
+    if rc != 0 || failed > 0 || inter == null {
+        return Err(format!(
+            "MPI_Comm_spawn of {n} ranks of {} failed (code {rc}, {failed} ranks not started); \
+             see what MPI printed above",
+            program.display()
+        ));
+    }
+    // SAFETY: a live intercommunicator that MPI_Comm_spawn just made, used
+    // only through this handle, which disconnects it when dropped.
+    Ok(unsafe { InterCommunicator::from_raw(inter) })
+}
+
+/// What the pool's threads ask of the MPI thread.
+pub(crate) enum Order {
+    /// Open a session: with `spawn`, over `n` new ranks running that
+    /// program; else over the ranks of `mpirun`. Answers the ranks' numbers.
+    Open {
+        spawn: Option<(usize, std::path::PathBuf)>,
+        handler: Handler,
+        reply: Sender<Result<Vec<i32>, Error>>,
+    },
+    /// Send a message in the open session.
+    Send(Outgoing),
+    /// End the session: spawned ranks are told to quit and disconnected.
+    Close { reply: Sender<()> },
+    /// The program is ending: every rank is told to quit, and MPI is
+    /// finalised.
+    Finalize { reply: Sender<()> },
+}
+
+/// What the open session does with a message from one of its ranks; runs
+/// on the MPI thread.
+pub(crate) type Handler = Box<dyn FnMut(Incoming) + Send>;
+
+/// The pool's handle on the MPI thread.
+pub(crate) struct Client {
+    orders: Sender<Order>,
+    thread: std::thread::ThreadId,
+}
+
+impl Client {
+    /// Sends `order`; false if the MPI thread is gone (MPI finalised).
+    pub(crate) fn order(&self, order: Order) -> bool {
+        self.orders.send(order).is_ok()
+    }
+
+    /// True on the MPI thread (where a wait for it would never end).
+    pub(crate) fn on_mpi_thread(&self) -> bool {
+        std::thread::current().id() == self.thread
+    }
+}
+
+static CLIENT: OnceLock<Result<Client, String>> = OnceLock::new();
+
+/// The MPI thread, started (and MPI initialised) on first use.
+pub(crate) fn client() -> Result<&'static Client, Error> {
+    CLIENT
+        .get_or_init(start_client)
+        .as_ref()
+        .map_err(|reason| Error::Spawn {
+            reason: reason.clone(),
+        })
+}
+
+fn start_client() -> Result<Client, String> {
+    let (orders, rx) = crossbeam_channel::unbounded();
+    let (ready_tx, ready) = crossbeam_channel::bounded(1);
+    let thread = std::thread::Builder::new()
+        .name("twinpool-mpi".into())
+        .spawn(move || match init() {
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+            Ok(universe) => {
+                let world = universe.world();
+                let _ = ready_tx.send(Ok(()));
+                pool_thread(universe, world, rx);
+            }
+        })
+        .map_err(|e| format!("could not start the MPI thread: {e}"))?;
+    let id = thread.thread().id();
+    ready
+        .recv()
+        .map_err(|_| "the MPI thread ended while it started MPI".to_string())??;
+    // SAFETY: `finalize_at_exit` is an `extern "C" fn()` that never unwinds.
+    unsafe { libc::atexit(finalize_at_exit) };
+    Ok(Client { orders, thread: id })
+}
+
+/// At the program's end: every rank is told to quit, MPI is finalised (so
+/// `mpirun` sees a clean end). Waits at most 30 s.
+extern "C" fn finalize_at_exit() {
+    let Some(Ok(client)) = CLIENT.get() else {
+        return;
+    };
+    if client.on_mpi_thread() {
+        return;
+    }
+    let (reply, done) = crossbeam_channel::bounded(1);
+    if client.order(Order::Finalize { reply }) {
+        let _ = done.recv_timeout(Duration::from_secs(30));
+    }
+}
+
+/// The session the MPI thread serves.
+struct Session {
+    /// `None`: over the world endpoint.
+    spawned: Option<(Endpoint, Vec<i32>)>,
+    handler: Handler,
+}
+
+/// The MPI thread of the pool's process.
+fn pool_thread(
+    universe: mpi::environment::Universe,
+    world: SimpleCommunicator,
+    rx: Receiver<Order>,
+) {
+    let size = world.size();
+    let launched = world.rank() == 0 && size > 1;
+    let mut world = Endpoint::new(Comm::World(world));
+    let mut session: Option<Session> = None;
+    let mut backoff = Backoff::new();
+    let mut next: Option<Order> = None;
+    loop {
+        let mut busy = false;
+        while let Some(order) = next.take().or_else(|| rx.try_recv().ok()) {
+            busy = true;
+            match order {
+                Order::Open {
+                    spawn: how,
+                    handler,
+                    reply,
+                } => {
+                    let answer = if session.is_some() {
+                        Err(Error::Unsupported {
+                            reason: "an MPI executor is open already in this process: its \
+                                     ranks serve one executor at a time; shut it down first"
+                                .into(),
+                        })
+                    } else {
+                        match how {
+                            Some((n, program)) => spawn(&program, n)
+                                .map(|inter| {
+                                    let peers = (0..n as i32).collect::<Vec<_>>();
+                                    session = Some(Session {
+                                        spawned: Some((
+                                            Endpoint::new(Comm::Inter(inter)),
+                                            peers.clone(),
+                                        )),
+                                        handler,
+                                    });
+                                    peers
+                                })
+                                .map_err(|reason| Error::Spawn { reason }),
+                            None if launched => {
+                                session = Some(Session {
+                                    spawned: None,
+                                    handler,
+                                });
+                                Ok((1..size).collect())
+                            }
+                            None => Err(Error::Spawn {
+                                reason: if size <= 1 {
+                                    "this program runs alone, not under mpirun, so there are \
+                                     no ranks to serve: start it with `mpirun -n N` (N >= 2), \
+                                     or ask for ranks with Builder::mpi_spawn(n)"
+                                        .into()
+                                } else {
+                                    "only rank 0 runs the pool; the other ranks serve it: call \
+                                     twinpool::serve_if_worker first thing in main"
+                                        .into()
+                                },
+                            }),
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }
+                Order::Send(out) => match session.as_mut().and_then(|s| s.spawned.as_mut()) {
+                    Some((ep, _)) => ep.send(out),
+                    None => world.send(out),
+                },
+                Order::Close { reply } => {
+                    if let Some(Session {
+                        spawned: Some((mut ep, peers)),
+                        ..
+                    }) = session.take()
+                    {
+                        quit(&mut ep, &peers);
+                        // Dropping the endpoint disconnects the ranks.
+                    }
+                    let _ = reply.send(());
+                }
+                Order::Finalize { reply } => {
+                    if let Some(Session {
+                        spawned: Some((mut ep, peers)),
+                        ..
+                    }) = session.take()
+                    {
+                        quit(&mut ep, &peers);
+                        drop(ep);
+                    }
+                    if launched {
+                        quit(&mut world, &(1..size).collect::<Vec<_>>());
+                    }
+                    world.wait_sends();
+                    drop(world);
+                    drop(universe);
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+        // Incoming messages, to the session's handler (or dropped, when
+        // none is open: a late answer of a closed session).
+        loop {
+            let incoming = match session.as_mut() {
+                Some(Session {
+                    spawned: Some((ep, _)),
+                    ..
+                }) => ep.recv(),
+                _ => world.recv(),
+            };
+            let Some(incoming) = incoming else { break };
+            busy = true;
+            if let Some(s) = session.as_mut() {
+                (s.handler)(incoming);
+            }
+        }
+        busy |= world.progress();
+        if let Some(Session {
+            spawned: Some((ep, _)),
+            ..
+        }) = session.as_mut()
+        {
+            busy |= ep.progress();
+        }
+        if busy {
+            backoff.reset();
+            continue;
+        }
+        match backoff.wait(&rx) {
+            Ok(order) => next = order,
+            // Every sender is gone: cannot happen while the static client
+            // lives, which is for the life of the process.
+            Err(()) => return,
+        }
+    }
+}
+
+/// Tells `peers` to quit and waits until the message has left.
+fn quit(ep: &mut Endpoint, peers: &[i32]) {
+    for &peer in peers {
+        ep.send(Outgoing::new(peer, &ToRank::Quit, Vec::new()));
+    }
+    ep.wait_sends();
+}
