@@ -6,6 +6,11 @@
                                          # last criterion results and
                                          # benches/python_peer.jsonl
     python3 benches/report.py --no-readme  # leave README.md alone
+    python3 benches/report.py --only mpi # only the MPI part (about 2 minutes):
+                                         # prints its rows, writes
+                                         # benches/mpi.jsonl, leaves RESULTS.md
+                                         # and README.md alone (with --no-run:
+                                         # only prints them from mpi.jsonl)
 
 It runs `cargo bench -p twinpool-benches --bench thread_pool --bench process_pool -- --save-baseline
 issue5-report` (criterion; estimates read from
@@ -14,6 +19,12 @@ benches/python_peer.py (its JSON lines are kept in benches/python_peer.jsonl),
 and writes a table of ratios twinpool / peer with the absolute numbers. If
 README.md holds the markers <!-- bench:start --> and <!-- bench:end -->, the
 text between them is replaced by a summary. Standard library only.
+
+When `mpirun` is on the PATH and mpi4py imports, it also runs the MPI back
+end's bench (benches/mpi.rs, built with `--features mpi`) against
+mpi4py.futures (benches/mpi4py_futures.py) and raw MPI, in fresh `mpirun`
+jobs taking turns (results kept in benches/mpi.jsonl); without them its
+rows say they were not measured.
 """
 
 import datetime
@@ -21,8 +32,11 @@ import html
 import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BENCHES = Path(__file__).resolve().parent
@@ -568,8 +582,278 @@ def chart_svg(rows):
     return "\n".join(out) + "\n"
 
 
+# ─── The MPI back end against mpi4py.futures and raw MPI ─────────────────
+#
+# Run in the full report when `mpirun` exists and mpi4py imports (else its
+# rows say why they are not measured); `python3 benches/report.py --only
+# mpi` runs just this part (about 2 minutes on 2 cores), prints its rows and
+# table and leaves RESULTS.md and README.md alone. Each job is a fresh
+# `mpirun`; the four jobs take turns (the order rotates every round), and a
+# measure's number is the median over the jobs of each job's median.
+
+MPI_JSONL = BENCHES / "mpi.jsonl"
+MPI_COMMAND = "python3 benches/report.py --only mpi"
+# Fresh jobs per contender, and rounds inside each job (the bench's
+# TWINPOOL_BENCH_MPI_ROUNDS, unless set already).
+MPI_JOBS = 3
+MPI_INNER_ROUNDS = "3"
+MPI_TIMEOUT_S = 150
+MPI_SCRIPT = BENCHES / "mpi4py_futures.py"
+# The measures of the futures jobs: (key, what, unit).
+MPI_MEASURES = [
+    ("pipelined_ns_per_task", "(a) pipelined: submit 20,000 tiny tasks, then every result", "ns/task"),
+    ("map_ns_per_item", "(b) chunked map of 1M items, chunksize 10,000", "ns/item"),
+    ("map_s", "(b) the same map, whole", "s"),
+    ("round_trip_us", "(c) one task at a time: submit, result, repeat (2,000 round trips)", "µs"),
+]
+
+
+def mpi_missing():
+    """Why the MPI part cannot run here, or None."""
+    if not shutil.which("mpirun"):
+        return "no mpirun on the PATH"
+    try:
+        subprocess.run([sys.executable, "-c", "import mpi4py"], check=True, capture_output=True, timeout=60)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+        return f"{sys.executable} cannot import mpi4py (pip install mpi4py)"
+    return None
+
+
+def mpi_env():
+    env = dict(os.environ)
+    if os.geteuid() == 0:  # Open MPI refuses root without these
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.setdefault("TWINPOOL_BENCH_MPI_ROUNDS", MPI_INNER_ROUNDS)
+    return env
+
+
+def build_mpi_bench():
+    """Builds benches/mpi.rs; the path of its executable."""
+    out = subprocess.run(
+        ["cargo", "bench", "-p", "twinpool-benches", "--features", "mpi", "--bench", "mpi", "--no-run", "--message-format=json-render-diagnostics"],
+        cwd=ROOT,
+        check=True,
+        text=True,
+        stdout=subprocess.PIPE,
+    ).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "mpi" and msg.get("executable"):
+            return msg["executable"]
+    sys.exit("report.py: cargo built no executable for the mpi bench")
+
+
+def run_mpi_job(cmd, env):
+    """Runs one mpirun job in its own process group (killed whole if it
+    hangs); the JSON line rank 0 printed."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=MPI_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        sys.exit(f"report.py: {' '.join(cmd)} did not finish in {MPI_TIMEOUT_S} s (a hang?); killed it")
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"report.py: {' '.join(cmd)} failed (exit code {proc.returncode}):\n{err[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def run_mpi(m):
+    exe = build_mpi_bench()
+    env = mpi_env()
+    base = ["mpirun", "--oversubscribe"]
+    jobs = [
+        ("twinpool", base + ["-n", "3", exe]),
+        ("mpi4py_futures", base + ["-n", "3", sys.executable, "-m", "mpi4py.futures", str(MPI_SCRIPT)]),
+        ("raw_mpi", base + ["-n", "2", exe, "--raw-ping-pong"]),
+        ("mpi4py_ping_pong", base + ["-n", "2", sys.executable, str(MPI_SCRIPT), "--ping-pong"]),
+    ]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = loadavg()
+    recs = []
+    for r in range(MPI_JOBS):
+        for name, cmd in jobs[r % len(jobs):] + jobs[: r % len(jobs)]:
+            t = time.monotonic()
+            rec = run_mpi_job(cmd, env)
+            rec["job"] = r
+            recs.append(rec)
+            print(f"report.py: mpi job {r + 1}/{MPI_JOBS} {name}: {time.monotonic() - t:.1f} s", file=sys.stderr)
+    mpirun = subprocess.run(["mpirun", "--version"], env=env, text=True, capture_output=True).stdout.splitlines()
+    meta = {
+        "meta": True,
+        "date": f"{started:%Y-%m-%d %H:%M} UTC",
+        "commit": m["commit"],
+        "nproc": m["nproc"],
+        "cpu": m["cpu"],
+        "rustc": m["rustc"],
+        "mpirun": mpirun[0] if mpirun else "?",
+        "jobs": MPI_JOBS,
+        "inner_rounds": env["TWINPOOL_BENCH_MPI_ROUNDS"],
+        "load_before": load_before,
+        "load_after": loadavg(),
+        "commands": {name: " ".join(cmd) for name, cmd in jobs},
+    }
+    MPI_JSONL.write_text("".join(json.dumps(r) + "\n" for r in [meta] + recs))
+
+
+def read_mpi():
+    """(meta, {contender: {measure: (median over jobs, [each job's median])}})."""
+    if not MPI_JSONL.exists():
+        return None, {}
+    meta, out = {}, {}
+    for line in MPI_JSONL.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("meta"):
+            meta = rec
+            continue
+        c = out.setdefault(rec["contender"], {})
+        for k, v in rec.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "job":
+                c.setdefault(k, []).append(v)
+    for c in out.values():
+        for k, vs in c.items():
+            c[k] = (statistics.median(vs), vs)
+    return meta, out
+
+
+def mpi_targets(mpi, why_not=None):
+    """The MPI rows of the targets table."""
+    rows = []
+    tp, py = mpi.get("twinpool", {}), mpi.get("mpi4py_futures", {})
+    raw = mpi.get("raw_mpi", {})
+
+    def row(desc, have, text, ok):
+        if not have:
+            rows.append((desc, f"not measured ({why_not})" if why_not else "not measured", None))
+        else:
+            rows.append((desc, text(), ok()))
+
+    def get(c, k):
+        return c[k][0]
+
+    desc = "MPI pipelined tiny tasks at least 10x faster per task than MPIPoolExecutor"
+    have = "pipelined_ns_per_task" in tp and "pipelined_ns_per_task" in py
+    row(
+        desc,
+        have,
+        lambda: f"{fmt(get(py, 'pipelined_ns_per_task') / get(tp, 'pipelined_ns_per_task'))}x faster"
+        f" ({fmt(get(tp, 'pipelined_ns_per_task') / 1e3)} vs {fmt(get(py, 'pipelined_ns_per_task') / 1e3)} µs/task)",
+        lambda: get(py, "pipelined_ns_per_task") / get(tp, "pipelined_ns_per_task") >= 10,
+    )
+    desc = "MPI round trip at most 2x a raw MPI ping-pong (8 bytes)"
+    have = "round_trip_us" in tp and "ping_pong_us" in raw
+    row(
+        desc,
+        have,
+        lambda: f"{fmt(get(tp, 'round_trip_us') / get(raw, 'ping_pong_us'))}x"
+        f" ({fmt(get(tp, 'round_trip_us'))} vs {fmt(get(raw, 'ping_pong_us'))} µs; MPIPoolExecutor {fmt(get(py, 'round_trip_us')) if 'round_trip_us' in py else '?'} µs)",
+        lambda: get(tp, "round_trip_us") / get(raw, "ping_pong_us") <= 2,
+    )
+    desc = "MPI chunked map (1M items, chunksize 10,000) at least 5x faster than MPIPoolExecutor.map"
+    have = "map_s" in tp and "map_s" in py
+    row(
+        desc,
+        have,
+        lambda: f"{fmt(get(py, 'map_s') / get(tp, 'map_s'))}x faster"
+        f" ({fmt(get(tp, 'map_ns_per_item'))} vs {fmt(get(py, 'map_ns_per_item'))} ns/item)",
+        lambda: get(py, "map_s") / get(tp, "map_s") >= 5,
+    )
+    return rows
+
+
+def mpi_table_md(meta, mpi):
+    """The MPI section of RESULTS.md (and of `--only mpi`'s output)."""
+    if not mpi:
+        return []
+    tp, py = mpi.get("twinpool", {}), mpi.get("mpi4py_futures", {})
+    raw, pp = mpi.get("raw_mpi", {}), mpi.get("mpi4py_ping_pong", {})
+
+    def cell(c, k, scale=1.0):
+        if k not in c:
+            return "—", "—"
+        v, vs = c[k]
+        return f"**{fmt(v * scale)}**", f"{fmt(min(vs) * scale)} – {fmt(max(vs) * scale)}"
+
+    lines = [
+        "### MPI back end: `mpirun -n 3 --oversubscribe`, rank 0 the pool, 2 serving ranks",
+        "",
+        f"Measured {meta.get('date', '?')} at commit {meta.get('commit', '?')}, {meta.get('mpirun', '?')}, {meta.get('nproc', '?')} CPUs;"
+        f" {meta.get('jobs', '?')} fresh jobs per contender taking turns, {meta.get('inner_rounds', '?')} rounds in each;"
+        f" the median over the jobs of each job's median (range: the jobs' medians). Reproduce: `{MPI_COMMAND}`.",
+        "",
+        "| measure | twinpool (`workers_per_rank(1)`: 2 worker processes) | range | mpi4py.futures `MPIPoolExecutor` (2 worker ranks) | range | twinpool ÷ mpi4py |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, what, unit in MPI_MEASURES:
+        scale = 1e-3 if unit == "ns/task" else 1.0
+        shown = "µs/task" if unit == "ns/task" else unit
+        a, ar = cell(tp, k, scale)
+        b, br = cell(py, k, scale)
+        rel = f"{fmt(tp[k][0] / py[k][0])}x" if k in tp and k in py else "—"
+        lines.append(f"| {what}, {shown} | {a} | {ar} | {b} | {br} | {rel} |")
+    lines += [
+        "",
+        "| the floor for (c), µs per round trip | median | range |",
+        "|---|---|---|",
+    ]
+    for c, k, what in [
+        (raw, "ping_pong_us", "(d) raw MPI ping-pong rank 0 ↔ 1, 8 bytes, blocking `MPI_Send`/`MPI_Recv` (rsmpi)"),
+        (raw, "polled_ping_pong_us", "the same, received by `MPI_Iprobe` with twinpool's back-off (50 yields, then sleeps of 4 µs doubling to 1 ms)"),
+        (pp, "buffer_ping_pong_us", "mpi4py `comm.Send`/`Recv` of an 8-byte buffer"),
+        (pp, "object_ping_pong_us", "mpi4py `comm.send`/`recv` of a small int (pickled)"),
+        (tp, "local_round_trip_us", "twinpool, one task at a time on a local 1-worker process pool in rank 0 (the ipc-channel leg, no MPI)"),
+    ]:
+        v, r = cell(c, k)
+        lines.append(f"| {what} | {v} | {r} |")
+    lines.append("")
+    return lines
+
+
+def mpi_part(m, no_run):
+    """Runs the MPI part unless `no_run`; (meta, results, why not measured)."""
+    why = mpi_missing()
+    if not no_run:
+        if why:
+            print(f"report.py: the MPI rows are skipped: {why}", file=sys.stderr)
+            return None, {}, why
+        run_mpi(m)
+    meta, mpi = read_mpi()
+    if not mpi:
+        return None, {}, why or f"no {MPI_JSONL.name}: run `{MPI_COMMAND}`"
+    return meta, mpi, None
+
+
+def main_only_mpi(no_run):
+    meta, mpi, why = mpi_part(machine(), no_run)
+    rows = mpi_targets(mpi, why)
+    print("| target | measured | verdict |\n|---|---|---|")
+    for d, v, ok in rows:
+        print(f"| {d} | {v} | {verdict(ok)} |")
+    print()
+    print("\n".join(mpi_table_md(meta or {}, mpi)))
+    print(f"report.py: MPI results in {MPI_JSONL} (RESULTS.md and README.md left alone)", file=sys.stderr)
+
+
+def only():
+    """The part `--only PART` asks for (only `mpi` is one), or None."""
+    args = sys.argv[1:]
+    for i, a in enumerate(args):
+        part = a.split("=", 1)[1] if a.startswith("--only=") else (args[i + 1] if a == "--only" and i + 1 < len(args) else None)
+        if a == "--only" and part is None:
+            sys.exit("report.py: --only needs a part: mpi")
+        if part is not None:
+            if part != "mpi":
+                sys.exit(f"report.py: --only {part}: the only part is mpi")
+            return part
+    return None
+
+
 def main():
     no_run = "--no-run" in sys.argv[1:]
+    if only() == "mpi":
+        main_only_mpi(no_run)
+        return
     criterion_dir = target_dir() / "criterion"
     load_before = loadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -577,12 +861,13 @@ def main():
     if not no_run:
         run_benches(criterion_dir)
     load_after = loadavg()
+    mpi_meta, mpi, mpi_why = mpi_part(m, no_run)
     res = read_criterion(criterion_dir)
     res.update(read_shared(criterion_dir))
     py, py_meta = read_python()
     res.update(py)
     rows = ratio_rows(res)
-    tg = targets(res)
+    tg = targets(res) + mpi_targets(mpi, mpi_why)
 
     md = [
         "# twinpool benchmarks: the README's targets",
@@ -610,6 +895,7 @@ def main():
     md += [f"| {d} | {v} | {verdict(ok)} |" for d, v, ok in tg]
     md += ["", "![twinpool ÷ peer](chart.svg)", "", "## All numbers", ""]
     md += table_md(res)
+    md += mpi_table_md(mpi_meta or {}, mpi)
     md += [
         "## What each peer is",
         "",
@@ -627,6 +913,10 @@ def main():
         "- Group 12: `cargo bench -p twinpool-benches --bench shared`: in each round a fresh 2-worker pool maps 100 tasks over the same 256 MiB, at most 4 ahead, either as clones of one `Shared` (made inside the timing) or as a fresh `Vec<u8>` per task; rounds alternate.",
         "- Group 13: a child of the bench with a 1-worker pool whose worker sleeps in a task while 1M `inc` tasks are submitted; (peak RSS during the submissions - RSS before) / 1M, the `Vec` of futures included.",
         "- Python: `benches/python_peer.py`, ThreadPoolExecutor / ProcessPoolExecutor with the same trivial task.",
+        "- MPI: `benches/mpi.rs` under `mpirun -n 3 --oversubscribe` (rank 0 measures, ranks 1-2 serve, each with 1 worker process),"
+        " against `benches/mpi4py_futures.py` under `mpirun -n 3 --oversubscribe python3 -m mpi4py.futures` (rank 0 runs it, ranks 1-2 are"
+        " `MPIPoolExecutor()`'s workers), the same tiny task (`x + 1`), counts and chunksize; the raw ping-pongs are `mpirun -n 2`"
+        " jobs of the same two programs (`--raw-ping-pong`, `--ping-pong`), rsmpi 0.8 and mpi4py, no pool.",
         "",
     ]
     (BENCHES / "RESULTS.md").write_text("\n".join(md))

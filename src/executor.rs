@@ -687,8 +687,12 @@ impl Builder {
     /// `MPI_Comm_spawn` of its own executable, as mpi4py's
     /// `MPIPoolExecutor(max_workers=n)`: for a program started without
     /// `mpirun` (an MPI singleton) or as one rank of a job. The spawned
-    /// ranks serve from [`serve_if_worker`](crate::serve_if_worker) and
-    /// exit when the pool shuts down. Otherwise as [`mpi`](Self::mpi).
+    /// ranks serve from [`serve_if_worker`](crate::serve_if_worker). They
+    /// outlive the executor: a later `mpi_spawn(n)` executor with the same
+    /// `n` uses them again (MPI's spawn is slow, and in Open MPI not
+    /// reliable when repeated), and they exit when the program ends or
+    /// when an executor asks for another number of ranks. Otherwise as
+    /// [`mpi`](Self::mpi).
     ///
     /// The ranks are placed round robin over the nodes of the job's
     /// allocation, more of them than cores if asked (Open MPI's

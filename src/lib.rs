@@ -10,6 +10,10 @@
 //!   processes, like `ProcessPoolExecutor`. Arguments and results cross as
 //!   serde values, the counterpart of pickle's restriction in Python. A crash
 //!   in a task costs its worker, not your program.
+//! * With the `mpi` feature, `Builder::mpi` and `Builder::mpi_spawn` run
+//!   the same named tasks on the ranks of an MPI job, across the machines
+//!   of a cluster, like `mpi4py.futures`; each rank runs them in a local
+//!   process pool, so a crash still costs one task.
 //!
 //! ```
 //! use twinpool::{as_completed, Executor};

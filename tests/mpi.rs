@@ -84,6 +84,7 @@ fn main() {
     match std::env::var(MODE).as_deref() {
         Ok("launched") => run_cases(None),
         Ok("spawned") => run_cases(Some(2)),
+        Ok("exits_while_busy") => exits_while_busy(),
         _ => drive(),
     }
 }
@@ -382,6 +383,25 @@ fn stats_count_the_tasks(build: &dyn Fn() -> Executor, _: &Path) {
     assert_eq!(s.live_workers, 2);
 }
 
+/// The program ends while its ranks run tasks of a minute: they are told
+/// to quit, their workers are killed, and the job ends at once.
+fn exits_while_busy() {
+    let ex = Executor::builder()
+        .registry(tasks())
+        .workers_per_rank(1)
+        .mpi()
+        .build()
+        .expect("the MPI pool starts");
+    let fs: Vec<_> = (0..4)
+        .map(|_| ex.submit_named::<u64, u64>("sleep_ms", 60_000).unwrap())
+        .collect();
+    while !fs.iter().all(|f| f.running()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("case exits_while_busy ... exiting");
+    std::process::exit(0);
+}
+
 // ─── the driver ─────────────────────────────────────────────────────────
 
 fn drive() {
@@ -401,8 +421,13 @@ fn drive() {
         ("spawned over TCP", vec![], "spawned"),
     ];
     let mut failed = Vec::new();
-    for (what, mpirun_args, mode) in runs {
-        let mut cmd = if mode == "launched" {
+    let exiting = (
+        "ends while busy",
+        vec!["-n", "3", "--oversubscribe"],
+        "exits_while_busy",
+    );
+    for (what, mpirun_args, mode) in runs.into_iter().chain([exiting]) {
+        let mut cmd = if mode != "spawned" {
             let mut c = Command::new("mpirun");
             c.args(&mpirun_args).args(["-x", MODE]);
             if let Ok(case) = std::env::var("TWINPOOL_MPI_CASE") {
@@ -423,7 +448,14 @@ fn drive() {
             .stdin(Stdio::null())
             .process_group(0);
         println!("── {what}");
-        let ok = run_limited(cmd, Duration::from_secs(240));
+        let limit = if mode == "exits_while_busy" {
+            // The tasks sleep a minute: ending sooner shows they were
+            // stopped.
+            Duration::from_secs(40)
+        } else {
+            Duration::from_secs(240)
+        };
+        let ok = run_limited(cmd, limit);
         if !ok {
             failed.push(what);
         }

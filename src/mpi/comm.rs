@@ -301,8 +301,9 @@ fn spawn(program: &Path, n: usize) -> Result<InterCommunicator, String> {
 
 /// What the pool's threads ask of the MPI thread.
 pub(crate) enum Order {
-    /// Open a session: with `spawn`, over `n` new ranks running that
-    /// program; else over the ranks of `mpirun`. Answers the ranks' numbers.
+    /// Open a session: with `spawn`, over `n` ranks running that program
+    /// (spawned now, or kept from an earlier session); else over the ranks
+    /// of `mpirun`. Answers the ranks' numbers.
     Open {
         spawn: Option<(usize, std::path::PathBuf)>,
         handler: Handler,
@@ -310,7 +311,7 @@ pub(crate) enum Order {
     },
     /// Send a message in the open session.
     Send(Outgoing),
-    /// End the session: spawned ranks are told to quit and disconnected.
+    /// End the session (its ranks wait for the next).
     Close { reply: Sender<()> },
     /// The program is ending: every rank is told to quit, and MPI is
     /// finalised.
@@ -391,11 +392,128 @@ extern "C" fn finalize_at_exit() {
     }
 }
 
-/// The session the MPI thread serves.
-struct Session {
-    /// `None`: over the world endpoint.
-    spawned: Option<(Endpoint, Vec<i32>)>,
-    handler: Handler,
+/// Ranks this process spawned: they serve one session after another until
+/// the program ends, or until a session asks for another number of them.
+struct Spawned {
+    ep: Endpoint,
+    peers: Vec<i32>,
+}
+
+/// What the MPI thread of the pool's process holds.
+struct PoolSide {
+    world: Endpoint,
+    /// This process is rank 0 of a world that `mpirun` started.
+    launched: bool,
+    size: i32,
+    spawned: Option<Spawned>,
+    /// The open session's handler; it runs over `spawned` if
+    /// `over_spawned`, else over the world.
+    session: Option<Handler>,
+    over_spawned: bool,
+}
+
+impl PoolSide {
+    /// Opens a session; answers its ranks' numbers.
+    fn open(
+        &mut self,
+        how: Option<(usize, std::path::PathBuf)>,
+        handler: Handler,
+    ) -> Result<Vec<i32>, Error> {
+        if self.session.is_some() {
+            return Err(Error::Unsupported {
+                reason: "an MPI executor is open already in this process: its ranks serve one \
+                         executor at a time; shut it down first"
+                    .into(),
+            });
+        }
+        let peers = match how {
+            Some((n, program)) => {
+                if self.spawned.as_ref().is_some_and(|s| s.peers.len() != n) {
+                    // Another number of ranks: the old ones go.
+                    if let Some(mut old) = self.spawned.take() {
+                        quit(&mut old.ep, &old.peers);
+                    }
+                }
+                if self.spawned.is_none() {
+                    let inter = spawn(&program, n).map_err(|reason| Error::Spawn { reason })?;
+                    self.spawned = Some(Spawned {
+                        ep: Endpoint::new(Comm::Inter(inter)),
+                        peers: (0..n as i32).collect(),
+                    });
+                }
+                self.over_spawned = true;
+                self.spawned
+                    .as_ref()
+                    .map(|s| s.peers.clone())
+                    .unwrap_or_default()
+            }
+            None if self.launched => {
+                self.over_spawned = false;
+                (1..self.size).collect()
+            }
+            None => {
+                return Err(Error::Spawn {
+                    reason: if self.size <= 1 {
+                        "this program runs alone, not under mpirun, so there are no ranks to \
+                         serve: start it with `mpirun -n N` (N >= 2), or ask for ranks with \
+                         Builder::mpi_spawn(n)"
+                            .into()
+                    } else {
+                        "only rank 0 runs the pool; the other ranks serve it: call \
+                         twinpool::serve_if_worker first thing in main"
+                            .into()
+                    },
+                })
+            }
+        };
+        self.session = Some(handler);
+        Ok(peers)
+    }
+
+    /// The endpoint of the open session (the world's when none is open).
+    fn endpoint(&mut self) -> &mut Endpoint {
+        match &mut self.spawned {
+            Some(s) if self.over_spawned => &mut s.ep,
+            _ => &mut self.world,
+        }
+    }
+
+    /// Hands what arrived to the session; true if anything did. Messages
+    /// that come when no session is open (late answers of a closed one)
+    /// are dropped.
+    fn receive(&mut self) -> bool {
+        let mut any = false;
+        while let Some(incoming) = self.endpoint().recv() {
+            any = true;
+            if let Some(handler) = self.session.as_mut() {
+                handler(incoming);
+            }
+        }
+        any
+    }
+
+    fn progress(&mut self) -> bool {
+        let mut any = self.world.progress();
+        if let Some(s) = &mut self.spawned {
+            any |= s.ep.progress();
+        }
+        any
+    }
+
+    /// The program ends: every rank quits, and MPI is finalised.
+    fn finalize(mut self, universe: mpi::environment::Universe) {
+        if let Some(mut s) = self.spawned.take() {
+            quit(&mut s.ep, &s.peers);
+            // Dropping the endpoint disconnects the spawned ranks.
+        }
+        if self.launched {
+            let peers: Vec<i32> = (1..self.size).collect();
+            quit(&mut self.world, &peers);
+        }
+        self.world.wait_sends();
+        drop(self);
+        drop(universe);
+    }
 }
 
 /// The MPI thread of the pool's process.
@@ -405,9 +523,14 @@ fn pool_thread(
     rx: Receiver<Order>,
 ) {
     let size = world.size();
-    let launched = world.rank() == 0 && size > 1;
-    let mut world = Endpoint::new(Comm::World(world));
-    let mut session: Option<Session> = None;
+    let mut side = PoolSide {
+        launched: world.rank() == 0 && size > 1,
+        size,
+        world: Endpoint::new(Comm::World(world)),
+        spawned: None,
+        session: None,
+        over_spawned: false,
+    };
     let mut backoff = Backoff::new();
     let mut next: Option<Order> = None;
     loop {
@@ -420,109 +543,22 @@ fn pool_thread(
                     handler,
                     reply,
                 } => {
-                    let answer = if session.is_some() {
-                        Err(Error::Unsupported {
-                            reason: "an MPI executor is open already in this process: its \
-                                     ranks serve one executor at a time; shut it down first"
-                                .into(),
-                        })
-                    } else {
-                        match how {
-                            Some((n, program)) => spawn(&program, n)
-                                .map(|inter| {
-                                    let peers = (0..n as i32).collect::<Vec<_>>();
-                                    session = Some(Session {
-                                        spawned: Some((
-                                            Endpoint::new(Comm::Inter(inter)),
-                                            peers.clone(),
-                                        )),
-                                        handler,
-                                    });
-                                    peers
-                                })
-                                .map_err(|reason| Error::Spawn { reason }),
-                            None if launched => {
-                                session = Some(Session {
-                                    spawned: None,
-                                    handler,
-                                });
-                                Ok((1..size).collect())
-                            }
-                            None => Err(Error::Spawn {
-                                reason: if size <= 1 {
-                                    "this program runs alone, not under mpirun, so there are \
-                                     no ranks to serve: start it with `mpirun -n N` (N >= 2), \
-                                     or ask for ranks with Builder::mpi_spawn(n)"
-                                        .into()
-                                } else {
-                                    "only rank 0 runs the pool; the other ranks serve it: call \
-                                     twinpool::serve_if_worker first thing in main"
-                                        .into()
-                                },
-                            }),
-                        }
-                    };
-                    let _ = reply.send(answer);
+                    let _ = reply.send(side.open(how, handler));
                 }
-                Order::Send(out) => match session.as_mut().and_then(|s| s.spawned.as_mut()) {
-                    Some((ep, _)) => ep.send(out),
-                    None => world.send(out),
-                },
+                Order::Send(out) => side.endpoint().send(out),
                 Order::Close { reply } => {
-                    if let Some(Session {
-                        spawned: Some((mut ep, peers)),
-                        ..
-                    }) = session.take()
-                    {
-                        quit(&mut ep, &peers);
-                        // Dropping the endpoint disconnects the ranks.
-                    }
+                    side.session = None;
                     let _ = reply.send(());
                 }
                 Order::Finalize { reply } => {
-                    if let Some(Session {
-                        spawned: Some((mut ep, peers)),
-                        ..
-                    }) = session.take()
-                    {
-                        quit(&mut ep, &peers);
-                        drop(ep);
-                    }
-                    if launched {
-                        quit(&mut world, &(1..size).collect::<Vec<_>>());
-                    }
-                    world.wait_sends();
-                    drop(world);
-                    drop(universe);
+                    side.finalize(universe);
                     let _ = reply.send(());
                     return;
                 }
             }
         }
-        // Incoming messages, to the session's handler (or dropped, when
-        // none is open: a late answer of a closed session).
-        loop {
-            let incoming = match session.as_mut() {
-                Some(Session {
-                    spawned: Some((ep, _)),
-                    ..
-                }) => ep.recv(),
-                _ => world.recv(),
-            };
-            let Some(incoming) = incoming else { break };
-            busy = true;
-            if let Some(s) = session.as_mut() {
-                (s.handler)(incoming);
-            }
-        }
-        busy |= world.progress();
-        if let Some(Session {
-            spawned: Some((ep, _)),
-            ..
-        }) = session.as_mut()
-        {
-            busy |= ep.progress();
-        }
+        busy |= side.receive();
+        busy |= side.progress();
         if busy {
             backoff.reset();
             continue;

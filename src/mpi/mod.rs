@@ -28,8 +28,8 @@
 //!   its index (0 for the first serving rank, whatever its MPI rank);
 //!   **peer** is its MPI rank in the session's communicator.
 //! * **session**: one executor's life over the ranks: Hello, tasks, Close.
-//!   Ranks started by `mpirun` serve one session after another until the
-//!   pool's program ends; spawned ranks serve one and exit.
+//!   Ranks serve one session after another until the pool's program ends
+//!   (spawned ones: or until a session asks for another number of ranks).
 //! * **worker**, **task**: as in `process/`, inside a rank.
 
 mod comm;
@@ -133,7 +133,21 @@ impl MpiPool {
         }) {
             return Err(gone());
         }
-        let peers = opened.recv().map_err(|_| gone())??;
+        // MPI_Comm_spawn cannot be interrupted; if it never returns (Open
+        // MPI's singleton spawn can hang), the build fails instead.
+        let spawn_deadline = opts.connect_timeout.saturating_add(Duration::from_secs(30));
+        let peers = match opened.recv_timeout(spawn_deadline) {
+            Ok(peers) => peers?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                return Err(Error::Spawn {
+                    reason: format!(
+                        "MPI did not start the ranks within {spawn_deadline:?}; MPI may be \
+                         unusable in this process now"
+                    ),
+                })
+            }
+            Err(_) => return Err(gone()),
+        };
         let hello = wire::Hello {
             version: crate::process::frames::PROTOCOL_VERSION,
             tasks: registry.entries().map(|e| spawn::task_info(e)).collect(),
@@ -516,9 +530,8 @@ impl Core {
                 Action::Finished => {
                     st.finished = true;
                     self.finished.notify_all();
-                    // Spawned ranks quit; ranks of `mpirun` wait for the
-                    // next session. Nothing waits for the answer: this may
-                    // run on the MPI thread.
+                    // The ranks wait for the next session. Nothing waits
+                    // for the answer: this may run on the MPI thread.
                     let (reply, _) = crossbeam_channel::bounded(1);
                     self.client.order(Order::Close { reply });
                 }

@@ -81,7 +81,11 @@ fn serve(registry: &Registry, role: Role) -> Result<(), String> {
         while let Some(incoming) = rank.ep.recv() {
             busy = true;
             if rank.handle(incoming, &ended_tx) == Step::Quit {
-                rank.end_session(true);
+                // The pool's program is ending: nobody waits for what still
+                // runs here.
+                if let Some(s) = rank.session.take() {
+                    s.pool.signal_workers(libc::SIGKILL);
+                }
                 rank.ep.wait_sends();
                 drop(rank);
                 drop(universe);
@@ -180,8 +184,11 @@ impl Rank<'_> {
 
     /// Starts a session: checks the tasks, starts the local pool.
     fn open(&mut self, hello: Hello) {
-        // A new session replaces an old one the pool gave up on.
-        self.end_session(true);
+        // A new session replaces an old one the pool gave up on (its start
+        // timed out): what still runs there is nobody's.
+        if let Some(s) = self.session.take() {
+            s.pool.signal_workers(libc::SIGKILL);
+        }
         let answer = spawn::check_version(hello.version)
             .and_then(|()| {
                 let ours: Vec<_> = self
@@ -328,17 +335,17 @@ impl Rank<'_> {
     fn maybe_closed(&mut self) {
         if let Some(s) = &self.session {
             if s.closing && s.running.is_empty() {
-                self.end_session(false);
+                self.end_session();
                 self.send(&FromRank::Closed, Vec::new());
             }
         }
     }
 
-    /// Shuts the local pool down (its tasks cancelled if `cancel`) and
-    /// waits for its workers to exit.
-    fn end_session(&mut self, cancel: bool) {
+    /// Shuts the local pool, which has no task left, down and waits for
+    /// its workers to exit.
+    fn end_session(&mut self) {
         if let Some(s) = self.session.take() {
-            s.pool.shutdown(true, cancel);
+            s.pool.shutdown(true, false);
         }
     }
 
