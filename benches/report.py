@@ -780,7 +780,9 @@ def mpi_table_md(meta, mpi):
         "",
         f"Measured {meta.get('date', '?')} at commit {meta.get('commit', '?')}, {meta.get('mpirun', '?')}, {meta.get('nproc', '?')} CPUs;"
         f" {meta.get('jobs', '?')} fresh jobs per contender taking turns, {meta.get('inner_rounds', '?')} rounds in each;"
-        f" the median over the jobs of each job's median (range: the jobs' medians). Reproduce: `{MPI_COMMAND}`.",
+        f" the median over the jobs of each job's median (range: the jobs' medians);"
+        f" load average before / after: {' '.join(meta.get('load_before', ['?']))} / {' '.join(meta.get('load_after', ['?']))}."
+        f" Reproduce: `{MPI_COMMAND}`.",
         "",
         "| measure | twinpool (`workers_per_rank(1)`: 2 worker processes) | range | mpi4py.futures `MPIPoolExecutor` (2 worker ranks) | range | twinpool ÷ mpi4py |",
         "|---|---|---|---|---|---|",
@@ -872,7 +874,8 @@ def main():
     md = [
         "# twinpool benchmarks: the README's targets",
         "",
-        f"Reproduce: `{COMMAND}` (from the repository root; about 5 minutes on 2 cores).",
+        f"Reproduce: `{COMMAND}` (from the repository root; about 5 minutes on 2 cores,"
+        f" and 2 more for the MPI rows, which `{MPI_COMMAND}` runs alone).",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {m['commit']}",
         f"- Machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",

@@ -55,6 +55,12 @@ fn checksum(bytes: Vec<u8>) -> (u64, Vec<u8>) {
     (sum, bytes)
 }
 
+/// The serving rank's process id: the parent of the worker that runs this.
+fn rank_pid(_: ()) -> u32 {
+    // SAFETY: getppid touches no memory.
+    unsafe { libc::getppid() as u32 }
+}
+
 fn mismatch(x: u32) -> u32 {
     x
 }
@@ -68,6 +74,7 @@ fn tasks() -> Registry {
         .register("segfault", segfault)
         .register("checksum", checksum)
         .register("mismatch", mismatch)
+        .register("rank_pid", rank_pid)
 }
 
 /// The tasks with one of another type than the ranks hold.
@@ -120,6 +127,9 @@ fn run_cases(spawn: Option<usize>) {
             other_types_are_refused_at_start,
         ),
         ("stats_count_the_tasks", stats_count_the_tasks),
+        // Last: it kills a rank. Under mpirun that ends the job, so it
+        // runs on spawned ranks only.
+        ("a_dead_rank_fails_its_tasks", a_dead_rank_fails_its_tasks),
     ];
     let only = std::env::var("TWINPOOL_MPI_CASE").ok();
     let dir = std::env::temp_dir().join(format!("twinpool-mpi-{}", std::process::id()));
@@ -400,6 +410,44 @@ fn exits_while_busy() {
     }
     println!("case exits_while_busy ... exiting");
     std::process::exit(0);
+}
+
+fn a_dead_rank_fails_its_tasks(build: &dyn Fn() -> Executor, _: &Path) {
+    if std::env::var(MODE).as_deref() != Ok("spawned") {
+        return;
+    }
+    let ex = build();
+    let pid = ex
+        .submit_named::<(), u32>("rank_pid", ())
+        .unwrap()
+        .result()
+        .unwrap();
+    let fs: Vec<_> = (0..4)
+        .map(|_| ex.submit_named::<u64, u64>("sleep_ms", 60_000).unwrap())
+        .collect();
+    // SAFETY: signals the rank process a task of ours reported.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // Open MPI ends the spawned job: every rank goes, and each held task
+    // fails once its rank has been silent too long.
+    for f in fs {
+        match f.result_timeout(Duration::from_secs(60)) {
+            Err(Error::BrokenPool { reason }) => {
+                assert!(reason.contains("said nothing"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        ex.submit_named::<u64, u64>("square", 2),
+        Err(Error::BrokenPool { .. })
+    ));
+    drop(ex);
+    // A new executor spawns new ranks.
+    let ex = build();
+    assert_eq!(
+        ex.submit_named::<u64, u64>("square", 6).unwrap().result(),
+        Ok(36)
+    );
 }
 
 // ─── the driver ─────────────────────────────────────────────────────────

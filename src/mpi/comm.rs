@@ -311,16 +311,28 @@ pub(crate) enum Order {
     },
     /// Send a message in the open session.
     Send(Outgoing),
-    /// End the session (its ranks wait for the next).
-    Close { reply: Sender<()> },
+    /// End the session (its ranks wait for the next). `lost`: some of its
+    /// ranks died; spawned ranks are then given up (a disconnect from a
+    /// dead rank could wait for ever) and spawned anew next time.
+    Close { reply: Sender<()>, lost: bool },
     /// The program is ending: every rank is told to quit, and MPI is
     /// finalised.
     Finalize { reply: Sender<()> },
 }
 
-/// What the open session does with a message from one of its ranks; runs
-/// on the MPI thread.
-pub(crate) type Handler = Box<dyn FnMut(Incoming) + Send>;
+/// What the open session is told, on the MPI thread.
+pub(crate) enum Event {
+    /// A message from one of its ranks.
+    Message(Incoming),
+    /// About [`TICK`] has passed.
+    Tick,
+}
+
+/// How often an open session hears [`Event::Tick`].
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// What the open session does with its events; runs on the MPI thread.
+pub(crate) type Handler = Box<dyn FnMut(Event) + Send>;
 
 /// The pool's handle on the MPI thread.
 pub(crate) struct Client {
@@ -486,7 +498,7 @@ impl PoolSide {
         while let Some(incoming) = self.endpoint().recv() {
             any = true;
             if let Some(handler) = self.session.as_mut() {
-                handler(incoming);
+                handler(Event::Message(incoming));
             }
         }
         any
@@ -533,6 +545,7 @@ fn pool_thread(
     };
     let mut backoff = Backoff::new();
     let mut next: Option<Order> = None;
+    let mut last_tick = std::time::Instant::now();
     loop {
         let mut busy = false;
         while let Some(order) = next.take().or_else(|| rx.try_recv().ok()) {
@@ -546,8 +559,12 @@ fn pool_thread(
                     let _ = reply.send(side.open(how, handler));
                 }
                 Order::Send(out) => side.endpoint().send(out),
-                Order::Close { reply } => {
+                Order::Close { reply, lost } => {
                     side.session = None;
+                    if lost && side.over_spawned {
+                        // Never disconnected: leaked on purpose.
+                        std::mem::forget(side.spawned.take());
+                    }
                     let _ = reply.send(());
                 }
                 Order::Finalize { reply } => {
@@ -559,6 +576,12 @@ fn pool_thread(
         }
         busy |= side.receive();
         busy |= side.progress();
+        if last_tick.elapsed() >= TICK {
+            last_tick = std::time::Instant::now();
+            if let Some(handler) = side.session.as_mut() {
+                handler(Event::Tick);
+            }
+        }
         if busy {
             backoff.reset();
             continue;

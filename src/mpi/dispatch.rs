@@ -10,7 +10,8 @@
 //! | event | from |
 //! |---|---|
 //! | [`submit`](Dispatch::submit), [`kill`](Dispatch::kill), [`shutdown`](Dispatch::shutdown), [`terminate`](Dispatch::terminate) | the user's threads |
-//! | [`done`](Dispatch::done), [`closed`](Dispatch::closed) | the MPI thread, from a rank's messages |
+//! | [`done`](Dispatch::done), [`closed`](Dispatch::closed), [`heard`](Dispatch::heard) | the MPI thread, from a rank's messages |
+//! | [`tick`](Dispatch::tick) | the MPI thread, every 100 ms |
 //!
 //! # Words
 //!
@@ -18,6 +19,11 @@
 //!   worker, so that its workers never wait for the next message, and no
 //!   more, so that a task does not queue behind a slow rank while another
 //!   has nothing to do.
+//! * **lost**: a rank silent for longer than the *silence* allowed (a
+//!   serving rank says it is alive twice a second). Its process died: the
+//!   tasks it held end in [`Error::BrokenPool`], and it gets nothing more.
+//!   (Under `mpirun` MPI ends the whole job when a rank dies; ranks this
+//!   process spawned can die alone.)
 //! * **on** a rank: sent to it and not yet answered. A task is marked
 //!   running as it is sent (so `cancel` is refused from then on, as in
 //!   Python's pools for the tasks handed to their call queue).
@@ -36,7 +42,7 @@
 //! 5. [`Action::Finished`] comes once, after every rank answered its close.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::process::scheduler::{Handle, TaskId, TaskMap};
 use crate::Error;
@@ -70,8 +76,13 @@ struct Rank {
     load: usize,
     /// Told to close.
     closing: bool,
-    /// Answered its close.
+    /// Answered its close, or lost.
     closed: bool,
+    lost: bool,
+    /// When it was last heard from.
+    heard: Instant,
+    /// How errors name it ("MPI rank 2 on node7").
+    label: String,
 }
 
 struct On<H> {
@@ -89,26 +100,34 @@ pub(crate) struct Dispatch<H> {
     on: TaskMap<On<H>>,
     /// `Some(cancel)` once shut down.
     shutdown: Option<bool>,
+    /// How long a rank may be silent before it counts as lost.
+    silence: Duration,
     finished: bool,
     actions: Vec<Action<H>>,
 }
 
 impl<H: Handle> Dispatch<H> {
-    /// A dispatcher over ranks with these numbers of local workers.
-    pub(crate) fn new(workers: &[usize]) -> Self {
+    /// A dispatcher over ranks with these numbers of local workers and
+    /// these names, all heard from at `now`, that counts a rank silent for
+    /// `silence` as lost.
+    pub(crate) fn new(ranks: Vec<(usize, String)>, now: Instant, silence: Duration) -> Self {
         Dispatch {
-            ranks: workers
-                .iter()
-                .map(|&w| Rank {
+            ranks: ranks
+                .into_iter()
+                .map(|(w, label)| Rank {
+                    label,
                     room: w.max(1).saturating_mul(DEPTH),
                     load: 0,
                     closing: false,
                     closed: false,
+                    lost: false,
+                    heard: now,
                 })
                 .collect(),
             queue: VecDeque::new(),
             on: TaskMap::default(),
             shutdown: None,
+            silence,
             finished: false,
             actions: Vec::new(),
         }
@@ -135,6 +154,10 @@ impl<H: Handle> Dispatch<H> {
     pub(crate) fn submit(&mut self, task: H, limit: Option<Duration>) {
         if self.shutdown.is_some() {
             self.actions.push(Action::Fail(task, Error::Shutdown));
+            return;
+        }
+        if !self.alive() {
+            self.actions.push(Action::Fail(task, all_lost()));
             return;
         }
         self.queue.push_back((task, limit));
@@ -188,6 +211,7 @@ impl<H: Handle> Dispatch<H> {
             }
         }
         self.maybe_close();
+        self.maybe_finish();
     }
 
     /// `kill_workers` / `terminate_workers`: shuts down, cancelling what is
@@ -209,7 +233,77 @@ impl<H: Handle> Dispatch<H> {
                 r.closed = true;
             }
         }
-        if !self.finished && self.ranks.iter().all(|r| r.closed) {
+        self.maybe_finish();
+    }
+
+    /// Rank `rank` said something at `now`.
+    pub(crate) fn heard(&mut self, rank: usize, now: Instant) {
+        if let Some(r) = self.ranks.get_mut(rank) {
+            r.heard = r.heard.max(now);
+        }
+    }
+
+    /// The time is `now`: ranks silent for too long are lost.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let silence = self.silence;
+        let lost: Vec<usize> = (self.ranks.iter().enumerate())
+            .filter(|(_, r)| !r.closed && now.saturating_duration_since(r.heard) > silence)
+            .map(|(i, _)| i)
+            .collect();
+        for rank in lost {
+            self.lose(rank);
+        }
+    }
+
+    /// True while some rank is not lost.
+    pub(crate) fn alive(&self) -> bool {
+        self.ranks.iter().any(|r| !r.lost)
+    }
+
+    /// True if a rank was lost.
+    pub(crate) fn lost_any(&self) -> bool {
+        self.ranks.iter().any(|r| r.lost)
+    }
+
+    /// Rank `rank` is gone: its tasks fail, and it counts as closed.
+    fn lose(&mut self, rank: usize) {
+        let Some(r) = self.ranks.get_mut(rank) else {
+            return;
+        };
+        r.lost = true;
+        r.closing = true;
+        r.closed = true;
+        r.load = 0;
+        let silence = self.silence;
+        let label = r.label.clone();
+        let gone: Vec<TaskId> = (self.on.iter())
+            .filter(|(_, on)| on.rank == rank)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(on) = self.on.remove(&id) {
+                if !on.ended {
+                    let reason = format!(
+                        "{label}, which held the task, said nothing for {silence:?}: its \
+                         process died, or its machine is gone"
+                    );
+                    self.actions
+                        .push(Action::Fail(on.handle, Error::BrokenPool { reason }));
+                }
+            }
+        }
+        if !self.alive() {
+            for (task, _) in self.queue.drain(..) {
+                self.actions.push(Action::Fail(task, all_lost()));
+            }
+        }
+        self.pump();
+        self.maybe_close();
+        self.maybe_finish();
+    }
+
+    fn maybe_finish(&mut self) {
+        if !self.finished && self.shutdown.is_some() && self.ranks.iter().all(|r| r.closed) {
             self.finished = true;
             self.actions.push(Action::Finished);
         }
@@ -268,6 +362,14 @@ impl<H: Handle> Dispatch<H> {
                 self.actions.push(Action::Close { rank, cancel });
             }
         }
+    }
+}
+
+fn all_lost() -> Error {
+    Error::BrokenPool {
+        reason: "every MPI rank of the pool is lost (their processes died, or their \
+                 machines are gone); build a new executor"
+            .into(),
     }
 }
 
@@ -348,6 +450,8 @@ mod sim {
         finished: u32,
         killed: Vec<TaskId>,
         workers: Vec<usize>,
+        /// Ranks whose process died: they say nothing more.
+        dead: Vec<bool>,
     }
 
     impl World {
@@ -356,6 +460,7 @@ mod sim {
                 match a {
                     Action::Run { rank, tasks } => {
                         assert!(self.close_told[rank] == 0, "a send after close");
+                        assert!(!self.d.ranks[rank].lost, "a send to a lost rank");
                         for (t, _) in tasks {
                             assert_eq!(t.state.get(), RUNNING, "a task sent unclaimed");
                             self.held[rank].push(t.id);
@@ -374,13 +479,17 @@ mod sim {
                     }
                     Action::Signal { .. } => {}
                     Action::Close { rank, .. } => {
-                        assert!(self.held[rank].is_empty(), "close with tasks left");
+                        assert!(
+                            self.dead[rank] || self.held[rank].is_empty(),
+                            "close with tasks left"
+                        );
                         self.close_told[rank] += 1;
                         assert_eq!(self.close_told[rank], 1, "rank told to close twice");
                     }
                     Action::Finished => {
                         self.finished += 1;
-                        assert!(self.closed_sent.iter().all(|c| *c));
+                        assert!((0..self.closed_sent.len())
+                            .all(|r| self.closed_sent[r] || self.d.ranks[r].lost));
                     }
                 }
             }
@@ -395,8 +504,18 @@ mod sim {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let workers: Vec<usize> = (0..1 + rng.below(4)).map(|_| rng.below(3)).collect();
         let n = workers.len();
+        let silence = Duration::from_millis(20);
+        let start = Instant::now();
+        let mut now = start;
         let mut w = World {
-            d: Dispatch::new(&workers),
+            d: Dispatch::new(
+                (workers.iter().enumerate())
+                    .map(|(i, &w)| (w, format!("rank {i}")))
+                    .collect(),
+                start,
+                silence,
+            ),
+            dead: vec![false; workers.len()],
             tasks: Vec::new(),
             held: vec![Vec::new(); n],
             close_told: vec![0; n],
@@ -407,6 +526,15 @@ mod sim {
         };
         let mut answered: HashMap<TaskId, u32> = HashMap::new();
         for _ in 0..400 {
+            // A millisecond passes; the live ranks say they are alive.
+            now += Duration::from_millis(1);
+            for rank in 0..n {
+                if !w.dead[rank] && rng.below(2) == 0 {
+                    w.d.heard(rank, now);
+                }
+            }
+            w.d.tick(now);
+            w.apply();
             match rng.below(10) {
                 0..=3 => {
                     let t = Task {
@@ -420,7 +548,7 @@ mod sim {
                 4..=6 => {
                     // A rank answers one of its tasks, in any order.
                     let rank = rng.below(n);
-                    if !w.held[rank].is_empty() {
+                    if !w.dead[rank] && !w.held[rank].is_empty() {
                         let i = rng.below(w.held[rank].len());
                         let id = w.held[rank].swap_remove(i);
                         if let Some(t) = w.d.done(rank, id) {
@@ -447,13 +575,19 @@ mod sim {
                         t.cancel();
                     }
                 }
-                _ => match rng.below(8) {
+                _ => match rng.below(10) {
                     0 => w.d.shutdown(rng.below(2) == 0),
                     1 => w.d.terminate(9),
+                    2 => {
+                        // A rank's process dies, with what it held.
+                        let rank = rng.below(n);
+                        w.dead[rank] = true;
+                        w.held[rank].clear();
+                    }
                     _ => {
                         // A rank told to close answers.
                         let rank = rng.below(n);
-                        if w.close_told[rank] == 1 && !w.closed_sent[rank] {
+                        if !w.dead[rank] && w.close_told[rank] == 1 && !w.closed_sent[rank] {
                             w.closed_sent[rank] = true;
                             w.d.closed(rank);
                         }
@@ -462,8 +596,17 @@ mod sim {
             }
             w.apply();
         }
-        // The end: shut down, every rank answers all, then its close.
+        // The end: shut down, every live rank answers all, then its close;
+        // the dead ones fall silent for good.
         w.d.shutdown(false);
+        w.apply();
+        now += silence * 2;
+        for rank in 0..n {
+            if !w.dead[rank] {
+                w.d.heard(rank, now);
+            }
+        }
+        w.d.tick(now);
         w.apply();
         for rank in 0..n {
             while let Some(id) = w.held[rank].pop() {
@@ -474,7 +617,7 @@ mod sim {
             }
         }
         for rank in 0..n {
-            if !w.closed_sent[rank] {
+            if !w.closed_sent[rank] && !w.dead[rank] && !w.d.ranks[rank].lost {
                 assert_eq!(
                     w.close_told[rank], 1,
                     "seed {seed}: rank {rank} never closed"

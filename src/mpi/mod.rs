@@ -39,7 +39,11 @@ mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a rank may say nothing before it counts as lost (a serving
+/// rank says it is alive every [`rank::ALIVE`]).
+const SILENCE: Duration = Duration::from_secs(10);
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -52,7 +56,7 @@ use crate::process::task::{self, Raw, RemoteTask};
 use crate::process::{spawn, ProcessOptions};
 use crate::registry::Entry;
 use crate::{Error, Future, Registry};
-use comm::{Client, Order};
+use comm::{Client, Event, Order};
 use dispatch::{Action, Dispatch};
 use wire::{Answer, Bytes, FromRank, Incoming, Outgoing, Owner, RankOptions, ToRank};
 
@@ -120,7 +124,10 @@ impl MpiPool {
             core: OnceLock::new(),
         });
         let handler_route = route.clone();
-        let handler: comm::Handler = Box::new(move |incoming| handler_route.deliver(incoming));
+        let handler: comm::Handler = Box::new(move |event| match event {
+            Event::Message(incoming) => handler_route.deliver(incoming),
+            Event::Tick => handler_route.tick(),
+        });
         let spawn = match mpi.spawn {
             Some(n) => Some((n, rank::this_program()?)),
             None => None,
@@ -171,14 +178,14 @@ impl MpiPool {
         let deadline = crate::future::deadline_after(
             opts.connect_timeout.saturating_add(Duration::from_secs(5)),
         );
-        let mut workers: Vec<Option<usize>> = vec![None; peers.len()];
+        let mut workers: Vec<Option<(usize, String)>> = vec![None; peers.len()];
         let mut refused: Option<String> = None;
         while workers.iter().any(Option::is_none) && refused.is_none() {
             let wait = deadline.saturating_duration_since(std::time::Instant::now());
             match answers.recv_timeout(wait) {
-                Ok((peer, FromRank::Ready { workers: w, .. })) => {
+                Ok((peer, FromRank::Ready { workers: w, host })) => {
                     if let Some(i) = peers.iter().position(|&p| p == peer) {
-                        workers[i] = Some(w);
+                        workers[i] = Some((w, format!("MPI rank {peer} on {host}")));
                     }
                 }
                 Ok((peer, FromRank::Refused { reason, host })) => {
@@ -205,11 +212,11 @@ impl MpiPool {
             release(client, &peers, &answers);
             return Err(Error::Spawn { reason });
         }
-        let workers: Vec<usize> = workers.into_iter().map(|w| w.unwrap_or(1)).collect();
-        let live_workers = workers.iter().sum();
+        let ranks: Vec<(usize, String)> = workers.into_iter().flatten().collect();
+        let live_workers = ranks.iter().map(|(w, _)| w).sum();
         let core = Arc::new(Core {
             state: Mutex::new(State {
-                dispatch: Dispatch::new(&workers),
+                dispatch: Dispatch::new(ranks, Instant::now(), SILENCE),
                 closed: false,
                 finished: false,
             }),
@@ -388,7 +395,7 @@ fn release(client: &Client, peers: &[i32], answers: &Receiver<(i32, FromRank)>) 
         }
     }
     let (reply, done) = crossbeam_channel::bounded(1);
-    if client.order(Order::Close { reply }) {
+    if client.order(Order::Close { reply, lost: false }) {
         let _ = done.recv_timeout(Duration::from_secs(30));
     }
 }
@@ -404,7 +411,11 @@ impl Route {
             }
         };
         let core = self.core.get().and_then(Weak::upgrade);
+        if let Some(core) = &core {
+            core.heard(incoming.peer);
+        }
         match (msg, core) {
+            (FromRank::Alive, _) => {}
             (FromRank::Done(done), Some(core)) => core.done(incoming.peer, done, &mut incoming),
             (FromRank::Closed, Some(core)) => core.closed(incoming.peer),
             (msg, _) => {
@@ -414,7 +425,24 @@ impl Route {
     }
 }
 
+impl Route {
+    /// On the MPI thread, every [`comm::TICK`].
+    fn tick(&self) {
+        if let Some(core) = self.core.get().and_then(Weak::upgrade) {
+            let mut st = core.lock();
+            st.dispatch.tick(Instant::now());
+            core.execute(st);
+        }
+    }
+}
+
 impl Core {
+    fn heard(&self, peer: i32) {
+        if let Some(rank) = self.index(peer) {
+            self.lock().dispatch.heard(rank, Instant::now());
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -427,6 +455,13 @@ impl Core {
         let mut st = self.lock();
         if st.closed {
             return Err(Error::Shutdown);
+        }
+        if !st.dispatch.alive() {
+            return Err(Error::BrokenPool {
+                reason: "every MPI rank of the pool is lost (their processes died, or their \
+                         machines are gone); build a new executor"
+                    .into(),
+            });
         }
         st.dispatch.submit(task, limit);
         self.execute(st);
@@ -533,7 +568,8 @@ impl Core {
                     // The ranks wait for the next session. Nothing waits
                     // for the answer: this may run on the MPI thread.
                     let (reply, _) = crossbeam_channel::bounded(1);
-                    self.client.order(Order::Close { reply });
+                    let lost = st.dispatch.lost_any();
+                    self.client.order(Order::Close { reply, lost });
                 }
             }
         }

@@ -72,6 +72,7 @@ fn serve(registry: &Registry, role: Role) -> Result<(), String> {
         registry,
         host: host_name(),
         session: None,
+        last_sent: std::time::Instant::now(),
     };
     let (ended_tx, ended) = crossbeam_channel::unbounded::<u64>();
     let mut backoff = Backoff::new();
@@ -93,6 +94,9 @@ fn serve(registry: &Registry, role: Role) -> Result<(), String> {
             }
         }
         busy |= rank.answer(woke.take().into_iter().chain(ended.try_iter()));
+        if rank.session.is_some() && rank.last_sent.elapsed() >= ALIVE {
+            rank.send(&FromRank::Alive, Vec::new());
+        }
         busy |= rank.ep.progress();
         if busy {
             backoff.reset();
@@ -124,7 +128,12 @@ struct Rank<'a> {
     registry: &'a Registry,
     host: String,
     session: Option<Session>,
+    /// When this rank last sent the pool anything.
+    last_sent: std::time::Instant,
 }
+
+/// How often a rank in a session says something, if only that it lives.
+pub(crate) const ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The pool is always rank 0 of the communicator a rank serves on (the
 /// world's rank 0, or the spawning process across the intercommunicator).
@@ -350,6 +359,7 @@ impl Rank<'_> {
     }
 
     fn send(&mut self, msg: &FromRank, blobs: Vec<wire::Owner>) {
+        self.last_sent = std::time::Instant::now();
         self.ep.send(Outgoing::new(POOL, msg, blobs));
     }
 }

@@ -104,6 +104,8 @@ pub(crate) enum FromRank {
     Done(Vec<Done>),
     /// The local pool is shut down.
     Closed,
+    /// Nothing else to say, for a while: the rank lives.
+    Alive,
 }
 
 /// How one task ended.
