@@ -852,6 +852,9 @@ def only():
 
 
 def main():
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     no_run = "--no-run" in sys.argv[1:]
     if only() == "mpi":
         main_only_mpi(no_run)

@@ -667,9 +667,16 @@ impl Builder {
     /// local process pool of [`workers_per_rank`](Self::workers_per_rank)
     /// workers, so a crash or a time limit costs one task, as on one
     /// machine. Needs a [`registry`](Self::registry); the process-pool
-    /// options apply to every rank's local pool. See the crate's README,
-    /// "Past one machine", for what ends the job and how it runs under
-    /// Slurm.
+    /// options apply to every rank's local pool. The README's "Past one
+    /// machine" shows both ways to start, and how it runs under Slurm.
+    ///
+    /// What still ends the job: the pool's process dying (rank 0), or a
+    /// serving rank's own process dying (not one of its workers). Open MPI
+    /// then aborts every process of the job, as for any MPI program. Ranks
+    /// spawned by [`mpi_spawn`](Self::mpi_spawn) can die without taking the
+    /// pool's process along: a rank silent for 10 s (a live one speaks
+    /// twice a second) counts as lost, and the tasks it held end in
+    /// [`Error::BrokenPool`] naming it.
     ///
     /// [`build`](Self::build) fails with [`Error::Spawn`] when the program
     /// runs alone (not under `mpirun`), when a rank holds other tasks or
