@@ -38,6 +38,13 @@ fn gate(path: String) -> bool {
     true
 }
 
+/// Leaves a file named `i` in `dir`, then sleeps `ms`: the test sees which
+/// tasks have started.
+fn mark_then_sleep((dir, i, ms): (String, u32, u64)) -> u64 {
+    let _ = std::fs::write(Path::new(&dir).join(i.to_string()), b"");
+    sleep_ms(ms)
+}
+
 fn boom(_: ()) -> u64 {
     panic!("boom on purpose")
 }
@@ -69,6 +76,7 @@ fn tasks() -> Registry {
     Registry::new()
         .register("square", square)
         .register("sleep_ms", sleep_ms)
+        .register("mark_then_sleep", mark_then_sleep)
         .register("gate", gate)
         .register("boom", boom)
         .register("segfault", segfault)
@@ -121,6 +129,10 @@ fn run_cases(spawn: Option<usize>) {
         ("a_segfault_costs_its_task", a_segfault_costs_its_task),
         ("a_time_limit_stops_its_task", a_time_limit_stops_its_task),
         ("kill_stops_a_running_task", kill_stops_a_running_task),
+        (
+            "kill_workers_stops_every_task",
+            kill_workers_stops_every_task,
+        ),
         ("big_payloads_cross_whole", big_payloads_cross_whole),
         (
             "other_types_are_refused_at_start",
@@ -347,6 +359,55 @@ fn kill_stops_a_running_task(build: &dyn Fn() -> Executor, _: &Path) {
         "{:?}",
         start.elapsed()
     );
+}
+
+fn kill_workers_stops_every_task(build: &dyn Fn() -> Executor, dir: &Path) {
+    let ex = build();
+    let start = Instant::now();
+    let dir_name = dir.display().to_string();
+    let sent: Vec<_> = (0..8u32)
+        .map(|i| {
+            let arg = (dir_name.clone(), i, 60_000u64);
+            ex.submit_named::<_, u64>("mark_then_sleep", arg).unwrap()
+        })
+        .collect();
+    let queued: Vec<_> = (0..4u64)
+        .map(|i| ex.submit_named::<u64, u64>("square", i).unwrap())
+        .collect();
+    // Each rank's one worker has started one task, which holds it.
+    while std::fs::read_dir(dir).map_or(0, |d| d.count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the tasks never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    ex.kill_workers().unwrap();
+    // The two that run are killed; those behind them never start: killed
+    // "before it started" if a worker held them, else cancelled.
+    let started: Vec<u32> = (0..8)
+        .filter(|i| dir.join(i.to_string()).exists())
+        .collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    for (i, f) in (0..8u32).zip(sent) {
+        match f.result() {
+            Err(Error::Killed { .. }) => {}
+            Err(Error::Cancelled) => assert!(!started.contains(&i), "task {i} ran"),
+            other => panic!("{other:?}"),
+        }
+    }
+    for f in queued {
+        assert_eq!(f.result(), Err(Error::Cancelled));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(matches!(
+        ex.submit_named::<u64, u64>("square", 1),
+        Err(Error::Shutdown)
+    ));
 }
 
 fn big_payloads_cross_whole(build: &dyn Fn() -> Executor, _: &Path) {
