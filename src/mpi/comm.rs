@@ -10,8 +10,11 @@
 //!
 //! Nothing blocks here but MPI's own receive of a message already probed:
 //! sends are non-blocking (`MPI_Isend`, kept until `MPI_Test` says they are
-//! done), and an idle thread probes with a back-off (spinning briefly, then
-//! sleeping from 2 µs up to 1 ms between probes, as mpi4py.futures does)
+//! done), and an idle thread probes with a back-off (yielding a few times,
+//! then sleeping from 4 µs up to 50 µs between probes while messages flow,
+//! up to 1 ms once they have stopped for 100 ms, as mpi4py.futures sleeps;
+//! see [`Backoff`]; the thread's timer slack is cut to 1 µs so that short
+//! sleeps are short)
 //! instead of burning a core in a blocking receive. A sleeping pool thread
 //! still wakes at once for a new order, since it sleeps on its channel.
 
@@ -150,10 +153,17 @@ impl Endpoint {
     }
 }
 
+/// Probes in a row before the answer "nothing came" counts: Open MPI moves
+/// a message along a step per call, and may need several calls to report
+/// one that has arrived (3 to 23 were seen here); a thread that slept
+/// between those calls would pay its sleep for each.
+const PROBES: u32 = 24;
+
 /// Takes a head and then its blobs from the same sender (MPI keeps their
 /// order on one tag).
 fn recv_on<C: Communicator>(c: &C) -> Option<Incoming> {
-    let probed = c.any_process().immediate_matched_probe_with_tag(TAG_HEAD)?;
+    let probed =
+        (0..PROBES).find_map(|_| c.any_process().immediate_matched_probe_with_tag(TAG_HEAD))?;
     let (mut head, status) = probed.matched_receive_vec::<u8>();
     let peer = status.source_rank();
     let count = head
@@ -177,24 +187,40 @@ fn recv_on<C: Communicator>(c: &C) -> Option<Incoming> {
 }
 
 /// How long an idle MPI thread waits before it probes again.
+///
+/// A few yields, then sleeps that double from 4 µs. While messages have
+/// come or gone in the last [`WARM`], a sleep lasts at most [`WARM_SLEEP`]:
+/// the next message is likely soon, and a thread that slept a whole
+/// millisecond between the hops of a round trip would make every round
+/// trip slow, and so every wait long (the back-off feeds on itself). After
+/// that, up to [`MAX_SLEEP`], so an idle pool costs next to no CPU.
 pub(crate) struct Backoff {
     idle: u32,
+    /// The last time something happened.
+    active: std::time::Instant,
 }
 
 /// Rounds of only yielding before the first sleep.
-const SPINS: u32 = 50;
+const SPINS: u32 = 10;
 /// The first and the longest sleep between probes.
 const FIRST_SLEEP: Duration = Duration::from_micros(2);
 const MAX_SLEEP: Duration = Duration::from_millis(1);
+/// How long after the last activity sleeps stay short, and how short.
+const WARM: Duration = Duration::from_millis(100);
+const WARM_SLEEP: Duration = Duration::from_micros(50);
 
 impl Backoff {
     pub(crate) fn new() -> Backoff {
-        Backoff { idle: 0 }
+        Backoff {
+            idle: 0,
+            active: std::time::Instant::now(),
+        }
     }
 
     /// Something happened: probe again at once.
     pub(crate) fn reset(&mut self) {
         self.idle = 0;
+        self.active = std::time::Instant::now();
     }
 
     /// How long to wait now: `None` for a yield.
@@ -204,7 +230,12 @@ impl Backoff {
             return None;
         }
         let doublings = (self.idle - SPINS).min(16);
-        Some((FIRST_SLEEP * (1u32 << doublings)).min(MAX_SLEEP))
+        let longest = if self.active.elapsed() < WARM {
+            WARM_SLEEP
+        } else {
+            MAX_SLEEP
+        };
+        Some((FIRST_SLEEP * (1u32 << doublings)).min(longest))
     }
 
     /// Waits on `rx` as long as the back-off says; what came, if anything.
@@ -232,6 +263,11 @@ pub(crate) fn init() -> Result<mpi::environment::Universe, String> {
              MPI to use it (one MPI executor per program, and no other use of MPI)"
                 .to_string()
         })?;
+    // The back-off's short sleeps are worth their length only with a small
+    // timer slack (Linux adds 50 µs to each by default). Threads started
+    // from this one inherit it.
+    // SAFETY: PR_SET_TIMERSLACK takes a number and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) };
     // Errors come back as codes instead of ending the job, where MPI can
     // (a failed spawn among them).
     // SAFETY: constants of the bindings; MPI is initialised.
@@ -562,8 +598,16 @@ fn pool_thread(
                 Order::Close { reply, lost } => {
                     side.session = None;
                     if lost && side.over_spawned {
-                        // Never disconnected: leaked on purpose.
-                        std::mem::forget(side.spawned.take());
+                        if let Some(mut s) = side.spawned.take() {
+                            // The survivors go at once; nothing waits for
+                            // the dead, and the endpoint is never
+                            // disconnected (that would wait for them): it
+                            // is leaked on purpose.
+                            for &peer in &s.peers {
+                                s.ep.send(Outgoing::new(peer, &ToRank::Abandon, Vec::new()));
+                            }
+                            std::mem::forget(s);
+                        }
                     }
                     let _ = reply.send(());
                 }

@@ -15,10 +15,14 @@
 //!
 //! # Words
 //!
-//! * **room**: how many tasks a rank may hold unanswered: a few per local
-//!   worker, so that its workers never wait for the next message, and no
-//!   more, so that a task does not queue behind a slow rank while another
-//!   has nothing to do.
+//! * **room**: how many tasks a rank may hold unanswered: enough that its
+//!   workers never wait for the next message, and no more, so that a task
+//!   does not queue behind a slow rank while another has nothing to do. It
+//!   follows the rank's pace (the mean time between its answers while it
+//!   is busy): as many tasks as it finishes in [`AHEAD`], between
+//!   [`MIN_DEPTH`] and [`MAX_DEPTH`] per local worker; [`DEPTH`] per
+//!   worker before the first answers. So tiny tasks are pipelined deeply,
+//!   and long ones are held back here, where `cancel` still works.
 //! * **lost**: a rank silent for longer than the *silence* allowed (a
 //!   serving rank says it is alive twice a second). Its process died: the
 //!   tasks it held end in [`Error::BrokenPool`], and it gets nothing more.
@@ -47,8 +51,13 @@ use std::time::{Duration, Instant};
 use crate::process::scheduler::{Handle, TaskId, TaskMap};
 use crate::Error;
 
-/// Tasks per local worker a rank may hold.
+/// Tasks per local worker a rank may hold before its pace is known.
 pub(crate) const DEPTH: usize = 4;
+/// The fewest and the most tasks per local worker a rank may hold.
+pub(crate) const MIN_DEPTH: usize = 2;
+pub(crate) const MAX_DEPTH: usize = 128;
+/// How much of a rank's work is sent ahead of its answers.
+pub(crate) const AHEAD: Duration = Duration::from_millis(5);
 
 /// What the I/O layer must do, in order.
 #[derive(Debug)]
@@ -72,8 +81,14 @@ pub(crate) enum Action<H> {
 }
 
 struct Rank {
-    room: usize,
+    /// Its local workers.
+    workers: usize,
     load: usize,
+    /// The mean time between its answers while it is busy (a moving
+    /// average), once known.
+    pace: Option<Duration>,
+    /// When its last answer came, while it is busy.
+    last_answer: Option<Instant>,
     /// Told to close.
     closing: bool,
     /// Answered its close, or lost.
@@ -102,8 +117,41 @@ pub(crate) struct Dispatch<H> {
     shutdown: Option<bool>,
     /// How long a rank may be silent before it counts as lost.
     silence: Duration,
+    /// The time of the latest event that told it.
+    now: Instant,
     finished: bool,
     actions: Vec<Action<H>>,
+}
+
+impl Rank {
+    /// How many tasks it may hold now.
+    fn room(&self) -> usize {
+        let per_worker = match self.pace {
+            None => DEPTH,
+            Some(pace) => {
+                let n = AHEAD.as_nanos() / pace.as_nanos().max(1);
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                (n / self.workers).clamp(MIN_DEPTH, MAX_DEPTH)
+            }
+        };
+        per_worker.saturating_mul(self.workers)
+    }
+
+    /// One of its tasks was answered at `now`.
+    fn answered(&mut self, now: Instant) {
+        if let Some(last) = self.last_answer {
+            // Answers come in batches: the gaps average to the time per
+            // task (a moving average over about 16 answers).
+            let gap = now.saturating_duration_since(last);
+            self.pace = Some(match self.pace {
+                None => gap,
+                Some(p) => (p * 15 + gap) / 16,
+            });
+        }
+        self.load = self.load.saturating_sub(1);
+        // An idle time is no part of its pace.
+        self.last_answer = (self.load > 0).then_some(now);
+    }
 }
 
 impl<H: Handle> Dispatch<H> {
@@ -116,8 +164,10 @@ impl<H: Handle> Dispatch<H> {
                 .into_iter()
                 .map(|(w, label)| Rank {
                     label,
-                    room: w.max(1).saturating_mul(DEPTH),
+                    workers: w.max(1),
                     load: 0,
+                    pace: None,
+                    last_answer: None,
                     closing: false,
                     closed: false,
                     lost: false,
@@ -128,6 +178,7 @@ impl<H: Handle> Dispatch<H> {
             on: TaskMap::default(),
             shutdown: None,
             silence,
+            now,
             finished: false,
             actions: Vec::new(),
         }
@@ -148,10 +199,12 @@ impl<H: Handle> Dispatch<H> {
         self.on.len()
     }
 
-    /// A new task, with its time limit. The front end refuses submits after
+    /// A new task, with its time limit, at `now`. The front end refuses
+    /// submits after
     /// [`shutdown`](Self::shutdown); one that comes anyway ends in
     /// [`Error::Shutdown`].
-    pub(crate) fn submit(&mut self, task: H, limit: Option<Duration>) {
+    pub(crate) fn submit(&mut self, task: H, limit: Option<Duration>, now: Instant) {
+        self.now = self.now.max(now);
         if self.shutdown.is_some() {
             self.actions.push(Action::Fail(task, Error::Shutdown));
             return;
@@ -164,15 +217,17 @@ impl<H: Handle> Dispatch<H> {
         self.pump();
     }
 
-    /// Rank `rank` answered `task`: its handle, if the answer is its result.
-    pub(crate) fn done(&mut self, rank: usize, task: TaskId) -> Option<H> {
+    /// Rank `rank` answered `task` at `now`: its handle, if the answer is
+    /// its result.
+    pub(crate) fn done(&mut self, rank: usize, task: TaskId, now: Instant) -> Option<H> {
+        self.now = self.now.max(now);
         let on = self.on.get(&task)?;
         if on.rank != rank {
             return None;
         }
         let on = self.on.remove(&task)?;
         if let Some(r) = self.ranks.get_mut(rank) {
-            r.load = r.load.saturating_sub(1);
+            r.answered(now);
         }
         self.pump();
         self.maybe_close();
@@ -245,6 +300,7 @@ impl<H: Handle> Dispatch<H> {
 
     /// The time is `now`: ranks silent for too long are lost.
     pub(crate) fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         let silence = self.silence;
         let lost: Vec<usize> = (self.ranks.iter().enumerate())
             .filter(|(_, r)| !r.closed && now.saturating_duration_since(r.heard) > silence)
@@ -309,8 +365,8 @@ impl<H: Handle> Dispatch<H> {
         }
     }
 
-    /// Sends what can be sent: each task to the rank with the most room
-    /// left, in batches.
+    /// Sends what can be sent: each task to the rank with the fewest tasks
+    /// per worker among those with room, in batches.
     fn pump(&mut self) {
         let mut batches: Vec<Vec<(H, Option<Duration>)>> = Vec::new();
         while !self.queue.is_empty() {
@@ -318,8 +374,8 @@ impl<H: Handle> Dispatch<H> {
                 .ranks
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| !r.closing && r.load < r.room)
-                .max_by_key(|(i, r)| (r.room - r.load, std::cmp::Reverse(*i)))
+                .filter(|(_, r)| !r.closing && r.load < r.room())
+                .min_by_key(|(i, r)| (r.load * 1024 / r.workers, *i))
                 .map(|(i, _)| i);
             let Some(rank) = best else { break };
             let Some((task, limit)) = self.queue.pop_front() else {
@@ -329,7 +385,13 @@ impl<H: Handle> Dispatch<H> {
                 // Cancelled by its owner while queued: it has ended.
                 continue;
             }
-            self.ranks[rank].load += 1;
+            let r = &mut self.ranks[rank];
+            if r.load == 0 {
+                // Its pace counts from now: the first answer's gap is the
+                // time the first task took.
+                r.last_answer = Some(self.now);
+            }
+            r.load += 1;
             self.on.insert(
                 task.id(),
                 On {
@@ -465,8 +527,13 @@ mod sim {
                             assert_eq!(t.state.get(), RUNNING, "a task sent unclaimed");
                             self.held[rank].push(t.id);
                         }
-                        let room = self.workers[rank].max(1) * DEPTH;
+                        let room = self.d.ranks[rank].room();
                         assert!(self.held[rank].len() <= room, "rank {rank} over its room");
+                        let most = self.workers[rank].max(1) * MAX_DEPTH;
+                        assert!(
+                            room <= most
+                                && room >= self.workers[rank].max(1) * MIN_DEPTH.min(DEPTH)
+                        );
                     }
                     Action::Kill { rank, task } => {
                         assert!(self.held[rank].contains(&task) || self.is_ended(task));
@@ -543,7 +610,7 @@ mod sim {
                         ends: Rc::new(Cell::new(0)),
                     };
                     w.tasks.push(t.clone());
-                    w.d.submit(t, None);
+                    w.d.submit(t, None, now);
                 }
                 4..=6 => {
                     // A rank answers one of its tasks, in any order.
@@ -551,7 +618,7 @@ mod sim {
                     if !w.dead[rank] && !w.held[rank].is_empty() {
                         let i = rng.below(w.held[rank].len());
                         let id = w.held[rank].swap_remove(i);
-                        if let Some(t) = w.d.done(rank, id) {
+                        if let Some(t) = w.d.done(rank, id, now) {
                             assert!(!w.killed.contains(&id), "a killed task's answer used");
                             t.end();
                             assert_eq!(t.ends.get(), 1);
@@ -610,7 +677,7 @@ mod sim {
         w.apply();
         for rank in 0..n {
             while let Some(id) = w.held[rank].pop() {
-                if let Some(t) = w.d.done(rank, id) {
+                if let Some(t) = w.d.done(rank, id, now) {
                     t.end();
                 }
                 w.apply();

@@ -463,7 +463,7 @@ impl Core {
                     .into(),
             });
         }
-        st.dispatch.submit(task, limit);
+        st.dispatch.submit(task, limit, Instant::now());
         self.execute(st);
         Ok(())
     }
@@ -493,9 +493,10 @@ impl Core {
             })
             .collect();
         let mut ending = Vec::with_capacity(answers.len());
+        let now = Instant::now();
         let mut st = self.lock();
         for (id, result) in answers {
-            if let Some(task) = st.dispatch.done(rank, id) {
+            if let Some(task) = st.dispatch.done(rank, id, now) {
                 ending.push((task, result));
             }
         }

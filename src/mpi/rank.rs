@@ -187,6 +187,12 @@ impl Rank<'_> {
                 None => self.send(&FromRank::Closed, Vec::new()),
             },
             ToRank::Quit => return Step::Quit,
+            ToRank::Abandon => {
+                if let Some(s) = self.session.take() {
+                    s.pool.signal_workers(libc::SIGKILL);
+                }
+                std::process::exit(0);
+            }
         }
         Step::Go
     }

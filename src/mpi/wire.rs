@@ -53,6 +53,9 @@ pub(crate) enum ToRank {
     Close { cancel: bool },
     /// End the process: the pool's program is ending.
     Quit,
+    /// End the process at once, without `MPI_Finalize` (which would wait
+    /// for ranks that died): other ranks of the session were lost.
+    Abandon,
 }
 
 /// The start of a session.
