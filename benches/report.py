@@ -801,7 +801,7 @@ def mpi_table_md(meta, mpi):
     ]
     for c, k, what in [
         (raw, "ping_pong_us", "(d) raw MPI ping-pong rank 0 ↔ 1, 8 bytes, blocking `MPI_Send`/`MPI_Recv` (rsmpi)"),
-        (raw, "polled_ping_pong_us", "the same, received by `MPI_Iprobe` with twinpool's back-off (50 yields, then sleeps of 4 µs doubling to 1 ms)"),
+        (raw, "polled_ping_pong_us", "the same, received by `MPI_Iprobe` with twinpool's back-off while messages flow (bursts of 24 probes, 10 yields, then sleeps of 4 µs doubling to 50 µs)"),
         (pp, "buffer_ping_pong_us", "mpi4py `comm.Send`/`Recv` of an 8-byte buffer"),
         (pp, "object_ping_pong_us", "mpi4py `comm.send`/`recv` of a small int (pickled)"),
         (tp, "local_round_trip_us", "twinpool, one task at a time on a local 1-worker process pool in rank 0 (the ipc-channel leg, no MPI)"),
