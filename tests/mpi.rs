@@ -320,6 +320,16 @@ fn a_segfault_costs_its_task(build: &dyn Fn() -> Executor, _: &Path) {
         Err(Error::WorkerDied { exit, .. }) => assert_eq!(exit, WorkerExit::Signal(11)),
         other => panic!("{other:?}"),
     }
+    // The rank replaced its worker, and says so twice a second.
+    let start = Instant::now();
+    while ex.stats().worker_restarts < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            ex.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for (i, f) in before.into_iter().chain(after).enumerate() {
         let i = (i % 20) as u64;
         assert_eq!(f.result(), Ok(i * i), "an innocent task");

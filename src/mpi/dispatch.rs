@@ -316,6 +316,11 @@ impl<H: Handle> Dispatch<H> {
         self.ranks.iter().any(|r| !r.lost)
     }
 
+    /// True if rank `rank` was lost.
+    pub(crate) fn is_lost(&self, rank: usize) -> bool {
+        self.ranks.get(rank).is_some_and(|r| r.lost)
+    }
+
     /// True if a rank was lost.
     pub(crate) fn lost_any(&self) -> bool {
         self.ranks.iter().any(|r| r.lost)

@@ -89,11 +89,12 @@ struct Core {
     peers: Vec<i32>,
     ended: AtomicU64,
     failed: AtomicU64,
-    live_workers: usize,
 }
 
 struct State {
     dispatch: Dispatch<Arc<RemoteTask>>,
+    /// Each rank's worker restarts and live workers, as it last said.
+    workers: Vec<(u64, usize)>,
     /// Shut down: submits are refused.
     closed: bool,
     finished: bool,
@@ -214,9 +215,11 @@ impl MpiPool {
         }
         let ranks: Vec<(usize, String)> = workers.into_iter().flatten().collect();
         let live_workers = ranks.iter().map(|(w, _)| w).sum();
+        let workers = ranks.iter().map(|(w, _)| (0, *w)).collect();
         let core = Arc::new(Core {
             state: Mutex::new(State {
                 dispatch: Dispatch::new(ranks, Instant::now(), SILENCE),
+                workers,
                 closed: false,
                 finished: false,
             }),
@@ -225,7 +228,6 @@ impl MpiPool {
             peers,
             ended: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            live_workers,
         });
         let _ = route.core.set(Arc::downgrade(&core));
         let weak = Arc::downgrade(&core);
@@ -259,11 +261,14 @@ impl MpiPool {
             running: st.dispatch.on_ranks(),
             finished: self.core.ended.load(Ordering::Relaxed),
             failed: self.core.failed.load(Ordering::Relaxed),
-            worker_restarts: 0,
+            worker_restarts: st.workers.iter().map(|w| w.0).sum(),
             live_workers: if st.finished {
                 0
             } else {
-                self.core.live_workers
+                (st.workers.iter().enumerate())
+                    .filter(|(rank, _)| !st.dispatch.is_lost(*rank))
+                    .map(|(_, w)| w.1)
+                    .sum()
             },
         }
     }
@@ -415,7 +420,9 @@ impl Route {
             core.heard(incoming.peer);
         }
         match (msg, core) {
-            (FromRank::Alive, _) => {}
+            (FromRank::Alive { restarts, live }, Some(core)) => {
+                core.workers_of(incoming.peer, restarts, live)
+            }
             (FromRank::Done(done), Some(core)) => core.done(incoming.peer, done, &mut incoming),
             (FromRank::Closed, Some(core)) => core.closed(incoming.peer),
             (msg, _) => {
@@ -437,6 +444,15 @@ impl Route {
 }
 
 impl Core {
+    /// What rank `peer` says of its local pool.
+    fn workers_of(&self, peer: i32, restarts: u64, live: usize) {
+        if let Some(rank) = self.index(peer) {
+            if let Some(w) = self.lock().workers.get_mut(rank) {
+                *w = (restarts, live);
+            }
+        }
+    }
+
     fn heard(&self, peer: i32) {
         if let Some(rank) = self.index(peer) {
             self.lock().dispatch.heard(rank, Instant::now());

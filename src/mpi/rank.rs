@@ -72,7 +72,7 @@ fn serve(registry: &Registry, role: Role) -> Result<(), String> {
         registry,
         host: host_name(),
         session: None,
-        last_sent: std::time::Instant::now(),
+        last_alive: std::time::Instant::now(),
     };
     let (ended_tx, ended) = crossbeam_channel::unbounded::<u64>();
     let mut backoff = Backoff::new();
@@ -94,8 +94,16 @@ fn serve(registry: &Registry, role: Role) -> Result<(), String> {
             }
         }
         busy |= rank.answer(woke.take().into_iter().chain(ended.try_iter()));
-        if rank.session.is_some() && rank.last_sent.elapsed() >= ALIVE {
-            rank.send(&FromRank::Alive, Vec::new());
+        if rank.last_alive.elapsed() >= ALIVE {
+            if let Some(s) = &rank.session {
+                let stats = s.pool.stats();
+                let msg = FromRank::Alive {
+                    restarts: stats.worker_restarts,
+                    live: stats.live_workers,
+                };
+                rank.send(&msg, Vec::new());
+            }
+            rank.last_alive = std::time::Instant::now();
         }
         busy |= rank.ep.progress();
         if busy {
@@ -128,11 +136,12 @@ struct Rank<'a> {
     registry: &'a Registry,
     host: String,
     session: Option<Session>,
-    /// When this rank last sent the pool anything.
-    last_sent: std::time::Instant,
+    /// When this rank last said it is alive.
+    last_alive: std::time::Instant,
 }
 
-/// How often a rank in a session says something, if only that it lives.
+/// How often a rank in a session says it lives, with its local pool's
+/// worker counts.
 pub(crate) const ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The pool is always rank 0 of the communicator a rank serves on (the
@@ -365,7 +374,6 @@ impl Rank<'_> {
     }
 
     fn send(&mut self, msg: &FromRank, blobs: Vec<wire::Owner>) {
-        self.last_sent = std::time::Instant::now();
         self.ep.send(Outgoing::new(POOL, msg, blobs));
     }
 }

@@ -107,8 +107,9 @@ pub(crate) enum FromRank {
     Done(Vec<Done>),
     /// The local pool is shut down.
     Closed,
-    /// Nothing else to say, for a while: the rank lives.
-    Alive,
+    /// Sent twice a second in a session: the rank lives, and its local
+    /// pool has restarted this many workers and has this many alive.
+    Alive { restarts: u64, live: usize },
 }
 
 /// How one task ended.
