@@ -62,6 +62,11 @@ fn checksum(bytes: Vec<u8>) -> (u64, Vec<u8>) {
     (sum, bytes)
 }
 
+/// The worker's process id.
+fn own_pid(_: ()) -> u32 {
+    std::process::id()
+}
+
 /// The serving rank's process id: the parent of the worker that runs this.
 fn rank_pid(_: ()) -> u32 {
     // SAFETY: getppid touches no memory.
@@ -83,6 +88,7 @@ fn tasks() -> Registry {
         .register("checksum", checksum)
         .register("mismatch", mismatch)
         .register("rank_pid", rank_pid)
+        .register("own_pid", own_pid)
 }
 
 /// The tasks with one of another type than the ranks hold.
@@ -139,6 +145,8 @@ fn run_cases(spawn: Option<usize>) {
             other_types_are_refused_at_start,
         ),
         ("stats_count_the_tasks", stats_count_the_tasks),
+        ("await_works", await_works),
+        ("pool_options_reach_the_ranks", pool_options_reach_the_ranks),
         // Last: it kills a rank. Under mpirun that ends the job, so it
         // runs on spawned ranks only.
         ("a_dead_rank_fails_its_tasks", a_dead_rank_fails_its_tasks),
@@ -481,6 +489,62 @@ fn exits_while_busy() {
     }
     println!("case exits_while_busy ... exiting");
     std::process::exit(0);
+}
+
+/// Polls a future to its end on this thread, parking between polls.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+fn await_works(build: &dyn Fn() -> Executor, _: &Path) {
+    let ex = build();
+    let f = ex.submit_named::<u64, u64>("square", 12).unwrap();
+    assert_eq!(block_on(async move { f.await.map(|x| x + 1) }), Ok(145));
+}
+
+fn pool_options_reach_the_ranks(_: &dyn Fn() -> Executor, _: &Path) {
+    let b = Executor::builder()
+        .registry(tasks())
+        .workers_per_rank(1)
+        .max_tasks_per_child(1)
+        .task_timeout(Duration::from_millis(300));
+    let b = match std::env::var(MODE).as_deref() {
+        Ok("spawned") => b.mpi_spawn(2),
+        _ => b.mpi(),
+    };
+    let ex = b.build().unwrap();
+    // Each worker runs one task, then a new one takes its place.
+    let pids: std::collections::HashSet<u32> = (0..6)
+        .map(|_| {
+            ex.submit_named::<(), u32>("own_pid", ())
+                .unwrap()
+                .result()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(pids.len(), 6);
+    // The pool's time limit holds on the ranks.
+    let f = ex.submit_named::<u64, u64>("sleep_ms", 60_000).unwrap();
+    assert_eq!(
+        f.result(),
+        Err(Error::TaskTimedOut {
+            limit: Duration::from_millis(300)
+        })
+    );
 }
 
 fn a_dead_rank_fails_its_tasks(build: &dyn Fn() -> Executor, _: &Path) {
