@@ -145,25 +145,30 @@ impl Endpoint {
     }
 
     /// A whole message, if one has arrived.
-    pub(crate) fn recv(&mut self) -> Option<Incoming> {
+    /// `probes`: how many probes in a row before nothing counts as come
+    /// (see [`Backoff::probes`]).
+    pub(crate) fn recv(&mut self, probes: u32) -> Option<Incoming> {
         match &self.comm {
-            Comm::World(c) => recv_on(c),
-            Comm::Inter(c) => recv_on(c),
+            Comm::World(c) => recv_on(c, probes),
+            Comm::Inter(c) => recv_on(c, probes),
         }
     }
 }
 
-/// Probes in a row before the answer "nothing came" counts: Open MPI moves
-/// a message along a step per call, and may need several calls to report
-/// one that has arrived (3 to 23 were seen here); a thread that slept
-/// between those calls would pay its sleep for each.
+/// Probes in a row before the answer "nothing came" counts, while work
+/// flows: Open MPI moves a message along a step per call, and may need
+/// several calls to report one that has arrived (3 to 23 were seen here);
+/// a thread that slept between those calls would pay its sleep for each.
 const PROBES: u32 = 24;
+/// The same once work has stopped: a few, so that an idle pool costs
+/// little CPU (the first message then may take a few sleeps to be seen).
+const COLD_PROBES: u32 = 2;
 
 /// Takes a head and then its blobs from the same sender (MPI keeps their
 /// order on one tag).
-fn recv_on<C: Communicator>(c: &C) -> Option<Incoming> {
+fn recv_on<C: Communicator>(c: &C, probes: u32) -> Option<Incoming> {
     let probed =
-        (0..PROBES).find_map(|_| c.any_process().immediate_matched_probe_with_tag(TAG_HEAD))?;
+        (0..probes).find_map(|_| c.any_process().immediate_matched_probe_with_tag(TAG_HEAD))?;
     let (mut head, status) = probed.matched_receive_vec::<u8>();
     let peer = status.source_rank();
     let count = head
@@ -217,10 +222,25 @@ impl Backoff {
         }
     }
 
-    /// Something happened: probe again at once.
+    /// Work came or went: probe again at once, and keep sleeps short for a
+    /// while.
     pub(crate) fn reset(&mut self) {
         self.idle = 0;
         self.active = std::time::Instant::now();
+    }
+
+    /// True while work came or went in the last [`WARM`].
+    fn warm(&self) -> bool {
+        self.active.elapsed() < WARM
+    }
+
+    /// How many probes in a row a receive makes now.
+    pub(crate) fn probes(&self) -> u32 {
+        if self.warm() {
+            PROBES
+        } else {
+            COLD_PROBES
+        }
     }
 
     /// How long to wait now: `None` for a yield.
@@ -230,11 +250,7 @@ impl Backoff {
             return None;
         }
         let doublings = (self.idle - SPINS).min(16);
-        let longest = if self.active.elapsed() < WARM {
-            WARM_SLEEP
-        } else {
-            MAX_SLEEP
-        };
+        let longest = if self.warm() { WARM_SLEEP } else { MAX_SLEEP };
         Some((FIRST_SLEEP * (1u32 << doublings)).min(longest))
     }
 
@@ -368,7 +384,9 @@ pub(crate) enum Event {
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 
 /// What the open session does with its events; runs on the MPI thread.
-pub(crate) type Handler = Box<dyn FnMut(Event) + Send>;
+/// It answers whether the event was work (a heartbeat is not): only work
+/// keeps the back-off's sleeps short (see [`Backoff`]).
+pub(crate) type Handler = Box<dyn FnMut(Event) -> bool + Send>;
 
 /// The pool's handle on the MPI thread.
 pub(crate) struct Client {
@@ -526,18 +544,18 @@ impl PoolSide {
         }
     }
 
-    /// Hands what arrived to the session; true if anything did. Messages
-    /// that come when no session is open (late answers of a closed one)
-    /// are dropped.
-    fn receive(&mut self) -> bool {
-        let mut any = false;
-        while let Some(incoming) = self.endpoint().recv() {
+    /// Hands what arrived to the session: whether anything did, and
+    /// whether any of it was work. Messages that come when no session is
+    /// open (late answers of a closed one) are dropped.
+    fn receive(&mut self, probes: u32) -> (bool, bool) {
+        let (mut any, mut work) = (false, false);
+        while let Some(incoming) = self.endpoint().recv(probes) {
             any = true;
             if let Some(handler) = self.session.as_mut() {
-                handler(Event::Message(incoming));
+                work |= handler(Event::Message(incoming));
             }
         }
-        any
+        (any, work)
     }
 
     fn progress(&mut self) -> bool {
@@ -618,16 +636,21 @@ fn pool_thread(
                 }
             }
         }
-        busy |= side.receive();
-        busy |= side.progress();
+        let (arrived, work) = side.receive(backoff.probes());
+        // Sends that ended and heartbeats are no work: probe again at once,
+        // but let the back-off cool.
+        let moved = arrived | side.progress();
         if last_tick.elapsed() >= TICK {
             last_tick = std::time::Instant::now();
             if let Some(handler) = side.session.as_mut() {
                 handler(Event::Tick);
             }
         }
-        if busy {
+        if busy || work {
             backoff.reset();
+            continue;
+        }
+        if moved {
             continue;
         }
         match backoff.wait(&rx) {

@@ -127,7 +127,10 @@ impl MpiPool {
         let handler_route = route.clone();
         let handler: comm::Handler = Box::new(move |event| match event {
             Event::Message(incoming) => handler_route.deliver(incoming),
-            Event::Tick => handler_route.tick(),
+            Event::Tick => {
+                handler_route.tick();
+                false
+            }
         });
         let spawn = match mpi.spawn {
             Some(n) => Some((n, rank::this_program()?)),
@@ -406,13 +409,14 @@ fn release(client: &Client, peers: &[i32], answers: &Receiver<(i32, FromRank)>) 
 }
 
 impl Route {
-    /// On the MPI thread: a message from a rank.
-    fn deliver(&self, mut incoming: Incoming) {
+    /// On the MPI thread: a message from a rank; false if it was only a
+    /// heartbeat.
+    fn deliver(&self, mut incoming: Incoming) -> bool {
         let msg = match incoming.decode::<FromRank>() {
             Ok(msg) => msg,
             Err(e) => {
                 log::error!("twinpool: MPI rank {}: {e}", incoming.peer);
-                return;
+                return false;
             }
         };
         let core = self.core.get().and_then(Weak::upgrade);
@@ -421,7 +425,8 @@ impl Route {
         }
         match (msg, core) {
             (FromRank::Alive { restarts, live }, Some(core)) => {
-                core.workers_of(incoming.peer, restarts, live)
+                core.workers_of(incoming.peer, restarts, live);
+                return false;
             }
             (FromRank::Done(done), Some(core)) => core.done(incoming.peer, done, &mut incoming),
             (FromRank::Closed, Some(core)) => core.closed(incoming.peer),
@@ -429,6 +434,7 @@ impl Route {
                 let _ = self.start.send((incoming.peer, msg));
             }
         }
+        true
     }
 }
 

@@ -79,7 +79,7 @@ fn serve(registry: &Registry, role: Role) -> Result<(), String> {
     let mut woke: Option<u64> = None;
     loop {
         let mut busy = false;
-        while let Some(incoming) = rank.ep.recv() {
+        while let Some(incoming) = rank.ep.recv(backoff.probes()) {
             busy = true;
             if rank.handle(incoming, &ended_tx) == Step::Quit {
                 // The pool's program is ending: nobody waits for what still
@@ -105,7 +105,11 @@ fn serve(registry: &Registry, role: Role) -> Result<(), String> {
             }
             rank.last_alive = std::time::Instant::now();
         }
-        busy |= rank.ep.progress();
+        // Sends that ended (heartbeats among them) are no work: probe again
+        // at once, but let the back-off cool.
+        if rank.ep.progress() && !busy {
+            continue;
+        }
         if busy {
             backoff.reset();
             continue;
