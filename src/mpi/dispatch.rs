@@ -441,6 +441,62 @@ fn all_lost() -> Error {
 }
 
 #[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    #[derive(Clone)]
+    struct T(TaskId, Rc<Cell<bool>>);
+
+    impl Handle for T {
+        fn id(&self) -> TaskId {
+            self.0
+        }
+        fn claim(&self) -> bool {
+            !self.1.replace(true)
+        }
+        fn cancel(&self) -> bool {
+            false
+        }
+    }
+
+    /// Runs `n` tasks through one rank of 2 workers, each answered `each`
+    /// after the one before; returns the rank's room at the end.
+    fn room_after(each: Duration, n: u64) -> usize {
+        let start = Instant::now();
+        let mut d = Dispatch::new(vec![(2, "rank".into())], start, Duration::MAX);
+        let mut now = start;
+        for id in 0..n {
+            d.submit(T(id, Rc::default()), None, now);
+        }
+        let mut next = 0;
+        while next < n {
+            now += each;
+            d.take_actions();
+            // Each task is on the rank by the time it is answered.
+            assert!(d.done(0, next, now).is_some());
+            next += 1;
+        }
+        d.ranks[0].room()
+    }
+
+    #[test]
+    fn tiny_tasks_are_sent_far_ahead_and_long_ones_are_held_back() {
+        // Before any answer: DEPTH per worker.
+        let d: Dispatch<T> = Dispatch::new(vec![(2, "r".into())], Instant::now(), Duration::MAX);
+        assert_eq!(d.ranks[0].room(), 2 * DEPTH);
+        // 10 µs a task: 5 ms of work is 500 tasks, capped per worker.
+        assert_eq!(room_after(Duration::from_micros(10), 300), 2 * MAX_DEPTH);
+        // 100 µs a task: 50 tasks, 25 per worker.
+        assert_eq!(room_after(Duration::from_micros(100), 300), 50);
+        // A second a task: the least, MIN_DEPTH per worker.
+        assert_eq!(room_after(Duration::from_secs(1), 40), 2 * MIN_DEPTH);
+    }
+}
+
+#[cfg(test)]
 mod sim {
     //! A seeded simulation: random submits, answers (in any order), kills,
     //! cancels, shutdowns and terminations, with the invariants of the
