@@ -100,6 +100,14 @@ pub(crate) fn enter_worker(pool: u64, thread: String) {
     THREAD.with(|t| *t.borrow_mut() = thread);
 }
 
+static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new pool's id, unique in the process: what [`current_pool`] answers
+/// on the pool's threads.
+pub(crate) fn next_pool_id() -> u64 {
+    NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The pool this thread works for, if any.
 pub(crate) fn current_pool() -> Option<u64> {
     match POOL.with(Cell::get) {

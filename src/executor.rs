@@ -2,7 +2,6 @@
 //! of two back ends.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -18,13 +17,6 @@ use crate::process::ProcessPool;
 
 #[cfg(feature = "mpi")]
 use crate::mpi::MpiPool;
-
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A new pool's id, unique in the process.
-pub(crate) fn next_pool_id() -> u64 {
-    NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed)
-}
 
 /// The back ends.
 enum Backend {
@@ -866,7 +858,7 @@ impl Builder {
     /// [`thread_name_prefix`](Self::thread_name_prefix) or the closure
     /// [`initializer`](Self::initializer) on a process pool.
     pub fn build(self) -> Result<Executor, Error> {
-        let id = next_pool_id();
+        let id = deadlock::next_pool_id();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let backend = match self.kind {
             Kind::Threads => {

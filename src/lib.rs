@@ -57,6 +57,8 @@ mod recycle;
 mod registry;
 #[cfg(feature = "process")]
 mod schema;
+#[cfg(feature = "process")]
+mod serve;
 mod shared;
 mod stats;
 mod sync;
@@ -87,7 +89,7 @@ pub use wait::{as_completed, try_wait, wait, AsCompleted, ReturnWhen, Waited};
 
 #[cfg(feature = "process")]
 #[cfg_attr(docsrs, doc(cfg(feature = "process")))]
-pub use process::serve_if_worker;
+pub use serve::serve_if_worker;
 
 /// Decodes `bytes` as request frames and as reply frames, discarding the
 /// result: the entry point of the fuzz target in `fuzz/`. Only in builds

@@ -253,7 +253,7 @@ impl Rank<'_> {
             memory_limit: o.memory_limit,
         };
         let pool = ProcessPool::start(
-            crate::executor::next_pool_id(),
+            crate::deadlock::next_pool_id(),
             workers,
             self.registry.clone(),
             opts,

@@ -25,7 +25,7 @@
 //! * `frames.rs` is the wire format, `payload.rs` the shared-memory
 //!   segments of big payloads, `claims.rs` the claim table.
 //! * `task.rs` is a task as the pool holds it, `worker.rs` the worker's
-//!   side ([`serve_if_worker`]).
+//!   side (`serve_if_worker` in `src/serve.rs` calls it first).
 //!
 //! This file is the face the executor sees: start, submit a named task or
 //! a chunk, shut down.
@@ -78,7 +78,7 @@ use scheduler::{Config, Stop, WorkerId};
 use spawn::StartOptions;
 use task::RemoteTask;
 
-pub use worker::serve_if_worker;
+pub(crate) use worker::serve_if_process_worker;
 
 /// The builder's options for process pools.
 #[derive(Debug, Clone)]

@@ -31,36 +31,11 @@ use crate::shared::Key;
 use crate::{Error, Registry};
 use std::collections::HashMap;
 
-/// Serves tasks if this process was started as a pool's worker, then ends
-/// the process; in any other process, returns at once.
-///
-/// Call it first thing in `main`, with a registry holding the same names
-/// (and types) as the pool's: code before it runs in every worker too.
-///
-/// A process that a worker's task starts inherits the worker's
-/// environment; in it, `serve_if_worker` sees that its parent is not the
-/// pool and returns, so the same program can be run from a task. A
-/// wrapper script around a worker program should `exec` it.
-///
-/// ```no_run
-/// fn square(x: u64) -> u64 { x * x }
-///
-/// fn tasks() -> twinpool::Registry {
-///     twinpool::Registry::new().register("square", square)
-/// }
-///
-/// fn main() -> Result<(), twinpool::Error> {
-///     twinpool::serve_if_worker(&tasks());
-///     let pool = twinpool::Executor::processes(2, tasks())?;
-///     assert_eq!(pool.submit_named::<u64, u64>("square", 7)?.result()?, 49);
-///     Ok(())
-/// }
-/// ```
-pub fn serve_if_worker(registry: &Registry) {
+/// Serves tasks if this process was started as a process pool's worker,
+/// then ends the process; in any other process, returns at once. The public
+/// face is [`crate::serve_if_worker`] (`src/serve.rs`).
+pub(crate) fn serve_if_process_worker(registry: &Registry) {
     let Some(server) = std::env::var_os(SERVER_ENV) else {
-        // Not a worker process; perhaps a rank that serves an MPI pool.
-        #[cfg(feature = "mpi")]
-        crate::mpi::serve_if_rank(registry);
         return;
     };
     let parent = std::env::var(PARENT_ENV)
@@ -110,7 +85,7 @@ pub fn serve_if_worker(registry: &Registry) {
 }
 
 /// True in a process the pool started as its worker (even one whose `main`
-/// forgot to call [`serve_if_worker`] first).
+/// forgot to call [`crate::serve_if_worker`] first).
 pub(crate) fn started_as_worker() -> bool {
     let parent = std::env::var(PARENT_ENV)
         .ok()
