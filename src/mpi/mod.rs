@@ -52,7 +52,7 @@ use serde::Serialize;
 use crate::future::{Shared, StopFn, Stopper};
 use crate::map::Chunk;
 use crate::process::scheduler::Handle;
-use crate::process::task::{self, Raw, RemoteTask};
+use crate::process::task::{self, Raw, Reach, RemoteTask};
 use crate::process::{spawn, ProcessOptions};
 use crate::registry::Entry;
 use crate::{Error, Future, Registry};
@@ -294,14 +294,10 @@ impl MpiPool {
     {
         let shared = self.new_shared();
         let future = Future::new(shared.clone());
-        if !entry.matches::<A, R>() {
-            shared.complete(Err(entry.type_mismatch::<A, R>()));
-            return Ok(future);
+        if let Some(task) = task::single(shared, entry, arg, Reach::Remote)? {
+            fits(&task)?;
+            self.core.submit(task, limit)?;
         }
-        let payload = task::encode_arg_plain(entry, arg)?;
-        let task = RemoteTask::one(shared, entry.clone(), payload);
-        fits(&task)?;
-        self.core.submit(task, limit)?;
         Ok(future)
     }
 
@@ -309,7 +305,7 @@ impl MpiPool {
     pub(crate) fn submit_chunk<A, R>(
         &self,
         entry: &Arc<Entry>,
-        mut items: Vec<A>,
+        items: Vec<A>,
     ) -> Result<Future<Chunk<R>>, Error>
     where
         A: Serialize + Send + 'static,
@@ -317,23 +313,10 @@ impl MpiPool {
     {
         let shared = self.new_shared();
         let future = Future::new(shared.clone());
-        if !entry.matches::<A, R>() {
-            shared.complete(Err(entry.type_mismatch::<A, R>()));
-            return Ok(future);
+        if let Some(task) = task::chunk_of(shared, entry, items, Reach::Remote)? {
+            fits(&task)?;
+            self.core.submit(task, None)?;
         }
-        let task = match (items.pop(), items.is_empty()) {
-            (Some(one), true) => {
-                let payload = task::encode_arg_plain(entry, one)?;
-                RemoteTask::chunk_of_one(shared, entry.clone(), payload)
-            }
-            (last, _) => {
-                items.extend(last);
-                let payload = task::encode_chunk_plain(entry, &items)?;
-                RemoteTask::chunk(shared, entry.clone(), payload)
-            }
-        };
-        fits(&task)?;
-        self.core.submit(task, None)?;
         Ok(future)
     }
 

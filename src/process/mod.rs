@@ -76,7 +76,7 @@ use driver::Driver;
 use link::LocalTransport;
 use scheduler::{Config, Stop, WorkerId};
 use spawn::StartOptions;
-use task::RemoteTask;
+use task::Reach;
 
 pub(crate) use worker::serve_if_process_worker;
 
@@ -204,13 +204,9 @@ impl ProcessPool {
     {
         let shared = self.new_shared();
         let future = Future::new(shared.clone());
-        if !entry.matches::<A, R>() {
-            shared.complete(Err(entry.type_mismatch::<A, R>()));
-            return Ok(future);
+        if let Some(task) = task::single(shared, entry, arg, Reach::Local)? {
+            self.driver.submit(task, limit.or(self.task_timeout))?;
         }
-        let payload = task::encode_arg(entry, arg)?;
-        let task = RemoteTask::one(shared, entry.clone(), payload);
-        self.driver.submit(task, limit.or(self.task_timeout))?;
         Ok(future)
     }
 
@@ -220,7 +216,7 @@ impl ProcessPool {
     pub(crate) fn submit_chunk<A, R>(
         &self,
         entry: &Arc<Entry>,
-        mut items: Vec<A>,
+        items: Vec<A>,
     ) -> Result<Future<Chunk<R>>, Error>
     where
         A: Serialize + Send + 'static,
@@ -228,22 +224,9 @@ impl ProcessPool {
     {
         let shared = self.new_shared();
         let future = Future::new(shared.clone());
-        if !entry.matches::<A, R>() {
-            shared.complete(Err(entry.type_mismatch::<A, R>()));
-            return Ok(future);
+        if let Some(task) = task::chunk_of(shared, entry, items, Reach::Local)? {
+            self.driver.submit(task, self.task_timeout)?;
         }
-        let task = match (items.pop(), items.is_empty()) {
-            (Some(one), true) => {
-                let payload = task::encode_arg(entry, one)?;
-                RemoteTask::chunk_of_one(shared, entry.clone(), payload)
-            }
-            (last, _) => {
-                items.extend(last);
-                let payload = task::encode_chunk(entry, &items)?;
-                RemoteTask::chunk(shared, entry.clone(), payload)
-            }
-        };
-        self.driver.submit(task, self.task_timeout)?;
         Ok(future)
     }
 
@@ -261,7 +244,7 @@ impl ProcessPool {
         let shared = self.new_shared();
         let future = Future::new(shared.clone());
         let payload = task::payload_of(arg, chunk, &entry.name)?;
-        let task = RemoteTask::raw(shared, entry.clone(), payload);
+        let task = task::RemoteTask::raw(shared, entry.clone(), payload);
         self.driver.submit(task, limit.or(self.task_timeout))?;
         Ok(future)
     }

@@ -361,40 +361,99 @@ fn unreachable_attached() {
     debug_assert!(false, "a payload attached twice");
 }
 
+/// Where a task's argument goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// To worker processes of this machine: big bytes go into a
+    /// shared-memory segment, and the [`Shared`](crate::Shared) handles the
+    /// argument names are kept with it.
+    Local,
+    /// To other machines (the MPI back end): plain bytes, and an argument
+    /// that names a `Shared` handle is refused, as its segment exists on
+    /// this machine only.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    Remote,
+}
+
+/// The task of a submit of `entry` on `arg`, whose future is `shared`;
+/// `None` if `A` and `R` are not the entry's types, and then the future has
+/// ended with that error.
+pub(crate) fn single<A, R>(
+    shared: Counted<Shared<R>>,
+    entry: &Arc<Entry>,
+    arg: A,
+    reach: Reach,
+) -> Result<Option<Arc<RemoteTask>>, Error>
+where
+    A: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    if !types_match::<A, R, _>(&shared, entry) {
+        return Ok(None);
+    }
+    let payload = encode_arg(entry, arg, reach)?;
+    Ok(Some(RemoteTask::one(shared, entry.clone(), payload)))
+}
+
+/// The task of a chunk of a map of `entry` over `items` (a single item
+/// goes as a single task: see [`RemoteTask::chunk_of_one`]); `None` as
+/// for [`single`].
+pub(crate) fn chunk_of<A, R>(
+    shared: Counted<Shared<Chunk<R>>>,
+    entry: &Arc<Entry>,
+    mut items: Vec<A>,
+    reach: Reach,
+) -> Result<Option<Arc<RemoteTask>>, Error>
+where
+    A: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    if !types_match::<A, R, _>(&shared, entry) {
+        return Ok(None);
+    }
+    Ok(Some(match (items.pop(), items.is_empty()) {
+        (Some(one), true) => {
+            let payload = encode_arg(entry, one, reach)?;
+            RemoteTask::chunk_of_one(shared, entry.clone(), payload)
+        }
+        (last, _) => {
+            items.extend(last);
+            let payload = encode_chunk(entry, &items, reach)?;
+            RemoteTask::chunk(shared, entry.clone(), payload)
+        }
+    }))
+}
+
+/// True if `A` and `R` are `entry`'s types; else ends the future `shared`
+/// with the error that says so.
+fn types_match<A: 'static, R: 'static, T: Send + 'static>(
+    shared: &Counted<Shared<T>>,
+    entry: &Entry,
+) -> bool {
+    if entry.matches::<A, R>() {
+        return true;
+    }
+    shared.complete(Err(entry.type_mismatch::<A, R>()));
+    false
+}
+
 /// Encodes a task's argument: inline when it is small, into a shared-memory
-/// segment when it is big. A `Vec<u8>` or `String` is its own encoding: it
-/// is moved, not copied (a big one is copied once, into the segment). The
-/// [`Shared`](crate::Shared) handles it names are kept with it.
-pub(crate) fn encode_arg<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Payload, Error> {
-    let (payload, shares) = crate::shared::collect(|| encode_bare(entry, arg));
-    Ok(payload?.attach(shares))
-}
-
-fn encode_bare<A: Serialize + 'static>(entry: &Entry, arg: A) -> Result<Payload, Error> {
-    encode_held(entry, arg, BIG)
-}
-
-/// Encodes a task's argument as plain bytes, never into a shared-memory
-/// segment: for a transport that carries bytes to other machines. An
-/// argument that names [`Shared`](crate::Shared) handles is refused, as
-/// their segments exist on this machine only.
-#[cfg(feature = "mpi")]
-pub(crate) fn encode_arg_plain<A: Serialize + 'static>(
+/// segment when it is big and stays on this machine. A `Vec<u8>` or
+/// `String` is its own encoding: it is moved, not copied (a big one is
+/// copied once, into the segment).
+fn encode_arg<A: Serialize + 'static>(
     entry: &Entry,
     arg: A,
+    reach: Reach,
 ) -> Result<Payload, Error> {
-    let (payload, shares) = crate::shared::collect(|| encode_held(entry, arg, usize::MAX));
-    if !shares.is_empty() {
-        return Err(Error::Unsupported {
-            reason: format!(
-                "the argument of task {:?} holds a twinpool::Shared, whose bytes lie in \
-                 shared memory on this machine and cannot reach other machines; pass the \
-                 bytes themselves",
-                entry.name
-            ),
-        });
-    }
-    payload
+    let big = match reach {
+        Reach::Local => BIG,
+        Reach::Remote => usize::MAX,
+    };
+    let (payload, shares) = crate::shared::collect(|| encode_held(entry, arg, big));
+    with_shares(payload?, shares, reach, || {
+        format!("the argument of task {:?}", entry.name)
+    })
 }
 
 /// Encodes `arg`; bytes from `big` up go into a shared-memory segment.
@@ -425,19 +484,45 @@ fn encode_held<A: Serialize + 'static>(
     })
 }
 
-/// Encodes the arguments of a chunk as one sequence, with the
-/// [`Shared`](crate::Shared) handles they name.
-pub(crate) fn encode_chunk<A: Serialize + 'static>(
+/// Encodes the arguments of a chunk as one sequence, as [`encode_arg`]
+/// does one.
+fn encode_chunk<A: Serialize + 'static>(
     entry: &Entry,
     items: &[A],
+    reach: Reach,
 ) -> Result<Payload, Error> {
     let what = || format!("the arguments of task {:?}", entry.name);
     let (bytes, shares) = crate::shared::collect(|| codec::encode_seq(items, what));
-    let held = Held::new(bytes?).map_err(|detail| Error::Encode {
-        what: what(),
-        detail,
-    })?;
-    Ok(Payload::Chunk(held).attach(shares))
+    let bytes = bytes?;
+    let held = match reach {
+        Reach::Local => Held::new(bytes).map_err(|detail| Error::Encode {
+            what: what(),
+            detail,
+        })?,
+        Reach::Remote => Held::Bytes(bytes),
+    };
+    with_shares(Payload::Chunk(held), shares, reach, what)
+}
+
+/// `payload` with the [`Shared`](crate::Shared) handles its encoding named
+/// (`what` it encodes, for the error): kept for this machine, refused for
+/// another.
+fn with_shares(
+    payload: Payload,
+    shares: Vec<crate::Shared>,
+    reach: Reach,
+    what: impl Fn() -> String,
+) -> Result<Payload, Error> {
+    if reach == Reach::Remote && !shares.is_empty() {
+        return Err(Error::Unsupported {
+            reason: format!(
+                "{} holds a twinpool::Shared, whose bytes lie in shared memory on this \
+                 machine and cannot reach other machines; pass the bytes themselves",
+                what()
+            ),
+        });
+    }
+    Ok(payload.attach(shares))
 }
 
 /// A payload of bytes encoded elsewhere (by the pool of another machine):
@@ -459,28 +544,6 @@ pub(crate) fn payload_of(bytes: Vec<u8>, chunk: bool, name: &str) -> Result<Payl
     } else {
         Payload::One(held)
     })
-}
-
-/// [`encode_chunk`] as plain bytes, for a transport that carries bytes to
-/// other machines (see [`encode_arg_plain`]).
-#[cfg(feature = "mpi")]
-pub(crate) fn encode_chunk_plain<A: Serialize + 'static>(
-    entry: &Entry,
-    items: &[A],
-) -> Result<Payload, Error> {
-    let what = || format!("the arguments of task {:?}", entry.name);
-    let (bytes, shares) = crate::shared::collect(|| codec::encode_seq(items, what));
-    if !shares.is_empty() {
-        return Err(Error::Unsupported {
-            reason: format!(
-                "the arguments of task {:?} hold a twinpool::Shared, whose bytes lie in \
-                 shared memory on this machine and cannot reach other machines; pass the \
-                 bytes themselves",
-                entry.name
-            ),
-        });
-    }
-    Ok(Payload::Chunk(Held::Bytes(bytes?)))
 }
 
 fn not_the_answer(name: &str) -> Error {
