@@ -18,12 +18,16 @@ use serde::{Deserialize, Serialize};
 
 /// Payloads of this many bytes or more cross in a shared-memory segment
 /// instead of inside the frame: one copy in, one copy out, and no trip
-/// through the socket. Chosen by measurement (a probe alternating builds
-/// with 64, 128 and 256 KiB, medians of 5 runs, each size beside raw
-/// ipc-channel bytes): a payload of 64 KiB went faster inside the frame,
-/// one of 256 KiB and more in a segment, and through the socket a payload
-/// above ~200 KiB is cut into fragments over a fresh socket pair each.
-pub(crate) const BIG: usize = 128 << 10;
+/// through the socket. Chosen by measurement: builds with 32, 64 and
+/// 128 KiB, run in turn twice (each size beside raw ipc-channel bytes in
+/// the same run, `cargo bench -p twinpool-benches --bench process_pool --
+/// q11_payload`), sent 64 KiB at 0.96 to 1.16 GiB/s in a segment against
+/// 0.71 to 0.75 inside the frame, and no size slower. (An earlier probe
+/// had found 64 KiB faster inside the frame; it ran before workers kept
+/// their heap, see `worker.rs`, when every big buffer in the worker came
+/// from fresh pages either way.) Through the socket, a payload above ~200
+/// KiB would also be cut into fragments over a fresh socket pair each.
+pub(crate) const BIG: usize = 64 << 10;
 
 /// Segments a process keeps for reuse (see [`Big`]).
 const SPARES: usize = 4;
