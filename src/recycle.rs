@@ -334,6 +334,15 @@ impl<P: ?Sized> Counted<P> {
         }
     }
 
+    /// Gives up the handle without dropping it: the count still includes
+    /// it, and [`from_raw`](Self::from_raw) (possibly with the pointer
+    /// coerced to an unsized type) takes it back.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn into_raw(this: Self) -> NonNull<P> {
+        let this = std::mem::ManuallyDrop::new(this);
+        this.ptr
+    }
+
     /// The count, the first field of the value (see [`place`]).
     fn refs(&self) -> &AtomicU32 {
         // SAFETY: the value lives while any handle does, and starts with its

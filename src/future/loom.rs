@@ -41,7 +41,7 @@ use crate::Error;
 
 /// A process task (no work of its own) that has been sent to a worker.
 fn remote_running() -> crate::recycle::Counted<Shared<u32>> {
-    let shared = Shared::<u32>::remote(0, super::state::StopFn::new(|_| {}));
+    let shared = Shared::<u32>::remote(0, ()).0;
     assert!(shared.claim_remote());
     shared
 }

@@ -20,7 +20,7 @@ use state::Until;
 
 pub(crate) use state::{Job, Shared, Work};
 #[cfg(feature = "process")]
-pub(crate) use state::{StopFn, Stopper};
+pub(crate) use state::{Remote, StopperEntry};
 
 /// The handle of one submitted task, like Python's `concurrent.futures.Future`.
 ///
@@ -149,7 +149,7 @@ impl<T: Send + 'static> Future<T> {
         }
         match (self.shared.stopper(), self.running()) {
             (Some(stop), true) => {
-                stop.stop(self.shared.id());
+                stop(self.shared.id());
                 true
             }
             _ => false,

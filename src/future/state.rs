@@ -10,9 +10,10 @@
 //! A thread-pool task carries its work inside the state (a [`WorkSlot`]);
 //! whoever claims it first runs it: a worker thread, or a pool thread that
 //! blocks on the future and helps (see [`crate::deadlock`]). A process-pool
-//! task is pending with no work here; its dispatcher claims it when it sends
-//! it to a worker ([`Shared::claim_remote`]), and completes it when the
-//! answer comes back ([`Shared::complete`]).
+//! task is pending with no work here (a [`Remote`], which holds what the
+//! pool keeps of the task in the same block); its dispatcher claims it when
+//! it sends it to a worker ([`Shared::claim_remote`]), and completes it
+//! when the answer comes back ([`Shared::complete`]).
 //!
 //! # The phase word
 //!
@@ -31,7 +32,9 @@
 //! the pool, the pointer to the [`Side`]), then the work, whose memory the
 //! outcome takes over once the work has been moved out to run (the
 //! [`Stage`] of a thread task). A task with a `u64` result and a closure
-//! that captures a `u64` is 40 bytes, 48 with glibc's header.
+//! that captures a `u64` is 40 bytes, 48 with glibc's header; a process
+//! task with a `u64` result and a small argument is 72, 80 with the header
+//! (its layout is drawn in `process/task.rs`).
 //!
 //! | bits | name | meaning | set by | under the mutex? |
 //! |---|---|---|---|---|
@@ -231,25 +234,41 @@ impl<T> Slow<T> {
     }
 }
 
-/// Asks a process pool to stop the running task with this id. A thin
-/// pointer (the boxed function sits behind the `Arc`), since every process
-/// task's state holds one: 8 bytes, not 16.
-pub(crate) type Stopper = Arc<StopFn>;
+/// Asks a process pool to stop the running task with this id.
+pub(crate) type Stopper = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// The function behind a [`Stopper`].
-pub(crate) struct StopFn(pub(crate) Box<dyn Fn(u64) + Send + Sync>);
+/// The stoppers of the live process pools (and MPI pools), by pool id. A
+/// task's state names its pool by id only, so that no queued task pays for
+/// a pointer to its stopper; [`Future::kill`](super::Future::kill), which is
+/// rare, looks the stopper up here. A pool's entry is removed when its
+/// [`StopperEntry`] drops.
+static STOPPERS: std::sync::Mutex<Vec<(u64, Stopper)>> = std::sync::Mutex::new(Vec::new());
 
-impl StopFn {
-    /// A stopper that calls `f`.
+/// A pool's place in [`STOPPERS`], for as long as the pool lives.
+#[cfg_attr(not(feature = "process"), allow(dead_code))]
+pub(crate) struct StopperEntry(u64);
+
+impl StopperEntry {
+    /// Lets `kill()` stop the running tasks of pool `pool` with `stop`.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn new(f: impl Fn(u64) + Send + Sync + 'static) -> Stopper {
-        Arc::new(StopFn(Box::new(f)))
+    pub(crate) fn new(pool: u64, stop: impl Fn(u64) + Send + Sync + 'static) -> StopperEntry {
+        let mut all = STOPPERS.lock().unwrap_or_else(PoisonError::into_inner);
+        all.push((pool, Arc::new(stop)));
+        StopperEntry(pool)
     }
+}
 
-    /// Stops task `id`.
-    pub(crate) fn stop(&self, id: u64) {
-        (self.0)(id)
+impl Drop for StopperEntry {
+    fn drop(&mut self) {
+        let mut all = STOPPERS.lock().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|(pool, _)| *pool != self.0);
     }
+}
+
+/// The stopper of pool `pool`, if it is alive.
+fn stopper_of(pool: u64) -> Option<Stopper> {
+    let all = STOPPERS.lock().unwrap_or_else(PoisonError::into_inner);
+    all.iter().find(|(p, _)| *p == pool).map(|(_, s)| s.clone())
 }
 
 /// The work of a task and the cell of its outcome, kept in the same
@@ -294,10 +313,6 @@ pub(crate) trait WorkSlot<T>: Send + Sync {
     /// # Safety
     /// Called once, as the state is dropped (nobody else holds it).
     unsafe fn drop_slot(&mut self, pending: bool);
-    /// For process tasks: how to stop the task once it runs.
-    fn stopper(&self) -> Option<&Stopper> {
-        None
-    }
     /// For process tasks: the id given when the task was made (a process
     /// task needs one at once, to name it to the scheduler). A thread task
     /// gets its id from its [`Side`], when first asked.
@@ -375,21 +390,28 @@ where
 }
 
 /// A process task has no work here: its worker runs it. It holds its id,
-/// how to stop it, and the outcome cell. Keeping the id here rather than in
-/// a [`Side`] spares every queued process task that allocation: a side is
-/// made only if someone sleeps on the task.
+/// the outcome cell, and `X`: what the pool keeps of the task (for a
+/// process pool, its name and encoded argument; see `process/task.rs`), so
+/// that a queued process task is one block, not two. Keeping the id here
+/// rather than in a [`Side`] spares every queued process task that
+/// allocation: a side is made only if someone sleeps on the task. How to
+/// stop the task is found by its pool's id ([`STOPPERS`]).
 #[cfg_attr(not(feature = "process"), allow(dead_code))]
-pub(crate) struct Remote<T> {
+pub(crate) struct Remote<T, X = ()> {
     outcome: UnsafeCell<Outcome<T>>,
-    stopper: Stopper,
     id: u64,
+    extra: X,
 }
 
-// SAFETY: the outcome cell is only touched by one thread at a time (see
-// `Shared`), which only moves `T` between threads: `T: Send` is enough.
-unsafe impl<T: Send> Sync for Remote<T> {}
+/// A process task's state, with `X` beside it.
+pub(crate) type RemoteState<T, X> = Shared<T, Remote<T, X>>;
 
-impl<T: Send> WorkSlot<T> for Remote<T> {
+// SAFETY: the outcome cell is only touched by one thread at a time (see
+// `Shared`), which only moves `T` between threads: `T: Send` is enough;
+// `X` is shared as it is, so it must be `Sync` itself.
+unsafe impl<T: Send, X: Sync> Sync for Remote<T, X> {}
+
+impl<T: Send, X: Send + Sync> WorkSlot<T> for Remote<T, X> {
     fn has_work(&self) -> bool {
         false
     }
@@ -408,9 +430,6 @@ impl<T: Send> WorkSlot<T> for Remote<T> {
     }
     unsafe fn drop_slot(&mut self, _pending: bool) {
         // The cell drops itself.
-    }
-    fn stopper(&self) -> Option<&Stopper> {
-        Some(&self.stopper)
     }
     fn fixed_id(&self) -> Option<u64> {
         Some(self.id)
@@ -569,28 +588,36 @@ impl<T: Send + 'static> Shared<T> {
         }
     }
 
-    /// A new pending process task that `stopper` can stop while it runs.
-    /// It has no name here (its name travels with the task to the worker,
-    /// and the name a state keeps only serves thread tasks that run in this
-    /// process), so it needs no [`Side`] until someone sleeps on it.
+    /// A new pending process task of pool `pool`, with `extra` (what the
+    /// pool keeps of it) in the same block: the future's handle, and the
+    /// pool's, which sees `extra`. It has no name here (its name travels
+    /// with the task to the worker, and the name a state keeps only serves
+    /// thread tasks that run in this process), so it needs no [`Side`]
+    /// until someone sleeps on it.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn remote(pool: u64, stopper: Stopper) -> Counted<Self> {
-        // SAFETY: `Shared` is `repr(C)` and starts with its count; one
-        // handle for a count of one.
+    pub(crate) fn remote<X: Send + Sync + 'static>(
+        pool: u64,
+        extra: X,
+    ) -> (Counted<Self>, Counted<RemoteState<T, X>>) {
+        let remote = Remote {
+            outcome: UnsafeCell::new(None),
+            id: next_task_id(),
+            extra,
+        };
+        // SAFETY: `Shared` is `repr(C)` and starts with its count; two
+        // handles for a count of two.
         unsafe {
-            Counted::from_raw(recycle::place(
-                Shared::build(
-                    pool,
-                    None,
-                    Remote {
-                        outcome: UnsafeCell::new(None),
-                        stopper,
-                        id: next_task_id(),
-                    },
-                ),
-                1,
-            ))
+            let ptr = recycle::place(Shared::build(pool, None, remote), 2);
+            (Counted::from_raw(ptr), Counted::from_raw(ptr))
         }
+    }
+}
+
+impl<T: Send, X: Send + Sync> Shared<T, Remote<T, X>> {
+    /// What the pool keeps of this process task.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn extra(&self) -> &X {
+        &self.work.extra
     }
 }
 
@@ -1148,9 +1175,13 @@ impl<T: Send + 'static> Shared<T> {
         )
     }
 
-    /// How to stop the task once it runs (process tasks only).
-    pub(super) fn stopper(&self) -> Option<&Stopper> {
-        self.work.stopper()
+    /// How to stop the task once it runs: its pool's stopper, for a
+    /// process task whose pool is alive.
+    pub(super) fn stopper(&self) -> Option<Stopper> {
+        if self.work.has_work() {
+            return None;
+        }
+        stopper_of(self.head.pool)
     }
 
     /// Runs `cb` with the outcome once the task ends: see
@@ -1278,7 +1309,7 @@ mod tests {
     /// added, then the completer tries to publish with its stale look.
     #[test]
     fn a_callback_added_after_the_completers_look_still_runs() {
-        let shared = Shared::<u64>::remote(0, StopFn::new(|_| {}));
+        let shared = Shared::<u64>::remote(0, ()).0;
         assert!(shared.claim_remote());
         assert!(shared.advance(RUNNING, COMPLETING));
         let look = shared.head.phase.load(Ordering::Acquire);
@@ -1308,7 +1339,7 @@ mod tests {
     /// Without anyone on the mutex side, completion publishes lock-free.
     #[test]
     fn a_lone_completion_publishes_without_the_lock() {
-        let shared = Shared::<u64>::remote(0, StopFn::new(|_| {}));
+        let shared = Shared::<u64>::remote(0, ()).0;
         assert!(shared.claim_remote());
         assert!(shared.advance(RUNNING, COMPLETING));
         let look = shared.head.phase.load(Ordering::Acquire);

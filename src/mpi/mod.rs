@@ -49,9 +49,8 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::future::{Shared, StopFn, Stopper};
+use crate::future::StopperEntry;
 use crate::map::Chunk;
-use crate::process::scheduler::Handle;
 use crate::process::task::{self, Raw, Reach, RemoteTask};
 use crate::process::{spawn, ProcessOptions};
 use crate::registry::Entry;
@@ -75,7 +74,8 @@ pub(crate) struct MpiOptions {
 pub(crate) struct MpiPool {
     id: u64,
     core: Arc<Core>,
-    stopper: Stopper,
+    /// Lets `Future::kill` stop a running task, while the pool lives.
+    _stopper: StopperEntry,
     workers: usize,
 }
 
@@ -92,7 +92,7 @@ struct Core {
 }
 
 struct State {
-    dispatch: Dispatch<Arc<RemoteTask>>,
+    dispatch: Dispatch<RemoteTask>,
     /// Each rank's worker restarts and live workers, as it last said.
     workers: Vec<(u64, usize)>,
     /// Shut down: submits are refused.
@@ -234,7 +234,7 @@ impl MpiPool {
         });
         let _ = route.core.set(Arc::downgrade(&core));
         let weak = Arc::downgrade(&core);
-        let stopper: Stopper = StopFn::new(move |task| {
+        let stopper = StopperEntry::new(id, move |task| {
             if let Some(core) = weak.upgrade() {
                 core.kill(task);
             }
@@ -242,7 +242,7 @@ impl MpiPool {
         Ok(MpiPool {
             id,
             core,
-            stopper,
+            _stopper: stopper,
             workers: live_workers,
         })
     }
@@ -276,10 +276,6 @@ impl MpiPool {
         }
     }
 
-    fn new_shared<T: Send + 'static>(&self) -> crate::recycle::Counted<Shared<T>> {
-        Shared::remote(self.id, self.stopper.clone())
-    }
-
     /// Queues task `entry` on `arg`, with a time limit (`None`: the pool's
     /// default, which each rank's local pool holds).
     pub(crate) fn submit<A, R>(
@@ -292,9 +288,9 @@ impl MpiPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = self.new_shared();
-        let future = Future::new(shared.clone());
-        if let Some(task) = task::single(shared, entry, arg, Reach::Remote)? {
+        let (shared, task) = task::single(self.id, entry, arg, Reach::Remote)?;
+        let future = Future::new(shared);
+        if let Some(task) = task {
             fits(&task)?;
             self.core.submit(task, limit)?;
         }
@@ -311,9 +307,9 @@ impl MpiPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = self.new_shared();
-        let future = Future::new(shared.clone());
-        if let Some(task) = task::chunk_of(shared, entry, items, Reach::Remote)? {
+        let (shared, task) = task::chunk_of(self.id, entry, items, Reach::Remote)?;
+        let future = Future::new(shared);
+        if let Some(task) = task {
             fits(&task)?;
             self.core.submit(task, None)?;
         }
@@ -456,7 +452,7 @@ impl Core {
         self.peers.iter().position(|&p| p == peer)
     }
 
-    fn submit(&self, task: Arc<RemoteTask>, limit: Option<Duration>) -> Result<(), Error> {
+    fn submit(&self, task: RemoteTask, limit: Option<Duration>) -> Result<(), Error> {
         let mut st = self.lock();
         if st.closed {
             return Err(Error::Shutdown);

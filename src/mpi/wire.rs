@@ -8,7 +8,6 @@
 //! after the head. A blob is sent straight from where it lies (a task's
 //! argument, a result's `Vec`): big bytes are never copied into a head.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -133,7 +132,7 @@ pub(crate) enum Answer {
 pub(crate) enum Owner {
     Vec(Vec<u8>),
     /// A task's argument.
-    Task(Arc<RemoteTask>),
+    Task(RemoteTask),
 }
 
 impl Owner {

@@ -36,7 +36,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// What the scheduler's lock guards.
 struct Core {
-    sched: Scheduler<Arc<RemoteTask>>,
+    sched: Scheduler<RemoteTask>,
     links: HashMap<WorkerId, Arc<dyn Link>>,
     /// When the clock will next wake up.
     clock_at: Option<Instant>,
@@ -64,7 +64,7 @@ pub(crate) struct Driver {
 /// What carrying out actions leaves for after the lock.
 #[derive(Default)]
 struct After {
-    fails: Vec<(Arc<RemoteTask>, Error)>,
+    fails: Vec<(RemoteTask, Error)>,
     flush: Vec<Arc<dyn Link>>,
     stops: Vec<(Arc<dyn Link>, Stop)>,
     starts: Vec<WorkerId>,
@@ -167,7 +167,7 @@ impl Driver {
     }
 
     /// Hands an event to the scheduler and carries out what follows.
-    fn run<R>(&self, event: impl FnOnce(&mut Scheduler<Arc<RemoteTask>>, Instant) -> R) -> R {
+    fn run<R>(&self, event: impl FnOnce(&mut Scheduler<RemoteTask>, Instant) -> R) -> R {
         self.run_core(|core, now| event(&mut core.sched, now))
     }
 
@@ -277,11 +277,7 @@ impl Driver {
     // ----- the face the pool sees -----
 
     /// Queues a task; an error means it will never run.
-    pub(crate) fn submit(
-        &self,
-        task: Arc<RemoteTask>,
-        limit: Option<Duration>,
-    ) -> Result<(), Error> {
+    pub(crate) fn submit(&self, task: RemoteTask, limit: Option<Duration>) -> Result<(), Error> {
         self.run(|s, now| s.submit(task, limit, now))
     }
 
@@ -323,7 +319,7 @@ impl Driver {
 }
 
 impl Events for Driver {
-    fn reply(&self, w: WorkerId, task: TaskId, micros: u32) -> Option<Arc<RemoteTask>> {
+    fn reply(&self, w: WorkerId, task: TaskId, micros: u32) -> Option<RemoteTask> {
         self.run(|s, now| s.reply(w, task, micros, now))
     }
 

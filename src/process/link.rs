@@ -81,7 +81,7 @@ impl Transport for LocalTransport {
 /// What waits to be written to a worker.
 enum Item {
     Init { name: String, payload: Vec<u8> },
-    Task(Arc<RemoteTask>, ClaimRef),
+    Task(RemoteTask, ClaimRef),
     Exit,
 }
 
@@ -91,7 +91,7 @@ struct Outbox {
     /// The claim of each task sent and not answered or taken back, and the
     /// task itself: its payload lives until the worker can no longer read
     /// it (see `payload.rs`).
-    claims: TaskMap<(ClaimRef, Arc<RemoteTask>)>,
+    claims: TaskMap<(ClaimRef, RemoteTask)>,
     free_slots: Vec<u32>,
     next_send: u64,
     /// Nothing more is written (the worker is killed, or gone).
@@ -552,7 +552,7 @@ impl Link for LocalLink {
         self.activated.notify_all();
     }
 
-    fn enqueue(&self, tasks: Vec<Arc<RemoteTask>>) {
+    fn enqueue(&self, tasks: Vec<RemoteTask>) {
         let mut ob = lock(&self.outbox);
         for task in tasks {
             let Some(slot) = ob.free_slots.pop() else {
@@ -670,6 +670,6 @@ impl Link for LocalLink {
     }
 }
 
-fn task_id(task: &Arc<RemoteTask>) -> TaskId {
+fn task_id(task: &RemoteTask) -> TaskId {
     super::scheduler::Handle::id(task)
 }

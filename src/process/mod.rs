@@ -67,9 +67,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::future::{Shared, StopFn, Stopper};
+use crate::future::StopperEntry;
 use crate::map::Chunk;
-use crate::recycle::Counted;
 use crate::registry::Entry;
 use crate::{Error, Future, Registry};
 use driver::Driver;
@@ -118,9 +117,9 @@ impl Default for ProcessOptions {
 pub(crate) struct ProcessPool {
     id: u64,
     driver: Arc<Driver>,
-    task_timeout: Option<Duration>,
-    /// Asks the driver to stop a running task (`Future::kill`).
-    stopper: Stopper,
+    /// Lets `Future::kill` ask the driver to stop a running task, while
+    /// the pool lives.
+    _stopper: StopperEntry,
 }
 
 impl ProcessPool {
@@ -159,11 +158,12 @@ impl ProcessPool {
         let mut cfg = Config::new(n);
         cfg.retries = opts.retries;
         cfg.max_tasks_per_child = opts.max_tasks_per_child;
+        cfg.task_timeout = opts.task_timeout;
         let ids: Vec<WorkerId> = (0..n as u64).map(WorkerId).collect();
         let driver = Driver::new(id, cfg, &ids, transport)?;
         driver.start_workers(&ids)?;
         let weak: Weak<Driver> = Arc::downgrade(&driver);
-        let stopper: Stopper = StopFn::new(move |task| {
+        let stopper = StopperEntry::new(id, move |task| {
             if let Some(driver) = weak.upgrade() {
                 driver.kill(task);
             }
@@ -171,8 +171,7 @@ impl ProcessPool {
         Ok(ProcessPool {
             id,
             driver,
-            task_timeout: opts.task_timeout,
-            stopper,
+            _stopper: stopper,
         })
     }
 
@@ -183,10 +182,6 @@ impl ProcessPool {
     /// What the pool is doing now; see [`Stats`](crate::Stats).
     pub(crate) fn stats(&self) -> crate::Stats {
         self.driver.stats()
-    }
-
-    fn new_shared<T: Send + 'static>(&self) -> Counted<Shared<T>> {
-        Shared::remote(self.id, self.stopper.clone())
     }
 
     /// Queues task `entry` on `arg`, with a time limit (`None`: the pool's
@@ -202,10 +197,10 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = self.new_shared();
-        let future = Future::new(shared.clone());
-        if let Some(task) = task::single(shared, entry, arg, Reach::Local)? {
-            self.driver.submit(task, limit.or(self.task_timeout))?;
+        let (shared, task) = task::single(self.id, entry, arg, Reach::Local)?;
+        let future = Future::new(shared);
+        if let Some(task) = task {
+            self.driver.submit(task, limit)?;
         }
         Ok(future)
     }
@@ -222,10 +217,10 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let shared = self.new_shared();
-        let future = Future::new(shared.clone());
-        if let Some(task) = task::chunk_of(shared, entry, items, Reach::Local)? {
-            self.driver.submit(task, self.task_timeout)?;
+        let (shared, task) = task::chunk_of(self.id, entry, items, Reach::Local)?;
+        let future = Future::new(shared);
+        if let Some(task) = task {
+            self.driver.submit(task, None)?;
         }
         Ok(future)
     }
@@ -241,11 +236,10 @@ impl ProcessPool {
         chunk: bool,
         limit: Option<Duration>,
     ) -> Result<Future<task::Raw>, Error> {
-        let shared = self.new_shared();
-        let future = Future::new(shared.clone());
         let payload = task::payload_of(arg, chunk, &entry.name)?;
-        let task = task::RemoteTask::raw(shared, entry.clone(), payload);
-        self.driver.submit(task, limit.or(self.task_timeout))?;
+        let (shared, task) = task::RemoteTask::raw(self.id, entry.clone(), payload);
+        let future = Future::new(shared);
+        self.driver.submit(task, limit)?;
         Ok(future)
     }
 

@@ -158,6 +158,8 @@ pub(crate) struct Config {
     pub(crate) stop_grace: Duration,
     /// How long a stalled worker is passed over.
     pub(crate) stall: Duration,
+    /// The time limit of a task submitted without one of its own.
+    pub(crate) task_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -174,6 +176,7 @@ impl Config {
             max_backoff: Duration::from_secs(1),
             stop_grace: Duration::from_secs(2),
             stall: Duration::from_millis(50),
+            task_timeout: None,
         }
     }
 }
@@ -290,10 +293,14 @@ enum Place {
     On(WorkerId),
 }
 
-/// A task that was never sent: only its handle and its limit, until it is.
+/// A task taken off the queue to be sent for the first time, and its limit.
+type Popped<H> = (Fresh<H>, Option<Duration>);
+
+/// A task that was never sent: only its handle, until it is. A million may
+/// be queued, so a limit of its own (rare: most tasks have the pool's,
+/// [`Config::task_timeout`]) is kept aside, in [`Scheduler::limits`].
 struct Fresh<H> {
     handle: H,
-    limit: Option<Duration>,
 }
 
 /// A task that was sent (and claimed then), on a worker or returned.
@@ -378,6 +385,8 @@ pub(crate) struct Scheduler<H> {
     /// Tasks never sent, in submit order: kept out of `tasks`, so that a
     /// queued task costs only its entry here.
     queue: VecDeque<Fresh<H>>,
+    /// The time limits of tasks in `queue` that have one of their own.
+    limits: TaskMap<Duration>,
     /// Tasks waiting to be sent: `queue` and the live part of `returned`.
     waiting: usize,
     workers: BTreeMap<WorkerId, Worker>,
@@ -406,6 +415,7 @@ impl<H: Handle> Scheduler<H> {
             tasks: TaskMap::default(),
             returned: VecDeque::new(),
             queue: VecDeque::new(),
+            limits: TaskMap::default(),
             waiting: 0,
             workers: BTreeMap::new(),
             starting: 0,
@@ -515,8 +525,9 @@ impl<H: Handle> Scheduler<H> {
 
     // ----- events from the user's threads -----
 
-    /// Queues a task with its time limit; refused once the pool is closed
-    /// or broken (the task then never runs).
+    /// Queues a task with a time limit of its own (`None`: the pool's,
+    /// [`Config::task_timeout`]); refused once the pool is closed or broken
+    /// (the task then never runs).
     pub(crate) fn submit(
         &mut self,
         task: H,
@@ -531,10 +542,10 @@ impl<H: Handle> Scheduler<H> {
         if self.closing {
             return Err(Error::Shutdown);
         }
-        self.queue.push_back(Fresh {
-            handle: task,
-            limit,
-        });
+        if let Some(limit) = limit {
+            self.limits.insert(task.id(), limit);
+        }
+        self.queue.push_back(Fresh { handle: task });
         self.waiting += 1;
         self.after(now);
         Ok(())
@@ -554,7 +565,14 @@ impl<H: Handle> Scheduler<H> {
             // Tasks never sent are cancelled; returned ones were sent, and
             // run, as in Python, where a task handed to a worker is running.
             let before = self.queue.len();
-            self.queue.retain(|t| !t.handle.cancel());
+            let limits = &mut self.limits;
+            self.queue.retain(|t| {
+                let cancelled = t.handle.cancel();
+                if cancelled {
+                    limits.remove(&t.handle.id());
+                }
+                !cancelled
+            });
             self.waiting -= before - self.queue.len();
         }
         self.after(now);
@@ -983,6 +1001,7 @@ impl<H: Handle> Scheduler<H> {
             .filter(|id| self.tasks.get(id).is_some_and(|t| t.at == Place::Queued))
             .collect::<Vec<_>>();
         let fresh: Vec<Fresh<H>> = self.queue.drain(..).collect();
+        self.limits.clear();
         // The returned ones stop waiting as they are failed.
         self.waiting -= fresh.len();
         (returned, fresh)
@@ -990,14 +1009,16 @@ impl<H: Handle> Scheduler<H> {
 
     /// Takes the next task to send off the queues (returned ones first):
     /// its id, and for a task never sent, what it was submitted with.
-    fn pop_queued(&mut self) -> Option<(TaskId, Option<Fresh<H>>)> {
+    fn pop_queued(&mut self) -> Option<(TaskId, Option<Popped<H>>)> {
         while let Some(id) = self.returned.pop_front() {
             if self.tasks.get(&id).is_some_and(|t| t.at == Place::Queued) {
                 return Some((id, None));
             }
         }
         let fresh = self.queue.pop_front()?;
-        Some((fresh.handle.id(), Some(fresh)))
+        let id = fresh.handle.id();
+        let limit = self.limits.remove(&id).or(self.cfg.task_timeout);
+        Some((id, Some((fresh, limit))))
     }
 
     /// Sends queued tasks to workers with room, batched per worker.
@@ -1015,7 +1036,7 @@ impl<H: Handle> Scheduler<H> {
                 break;
             };
             self.waiting -= 1;
-            if let Some(Fresh { handle, limit }) = fresh {
+            if let Some((Fresh { handle }, limit)) = fresh {
                 if !handle.claim() {
                     continue; // cancelled by its owner: it has ended already
                 }
@@ -1351,5 +1372,105 @@ fn death_reason(cause: &Error) -> String {
     match cause {
         Error::WorkerDied { pid, status, .. } => format!("worker process {pid} {status}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task handle with nothing behind it.
+    #[derive(Clone, Debug)]
+    struct Plain(TaskId);
+
+    impl Handle for Plain {
+        fn id(&self) -> TaskId {
+            self.0
+        }
+        fn claim(&self) -> bool {
+            true
+        }
+        fn cancel(&self) -> bool {
+            true
+        }
+    }
+
+    /// A queue entry is the task's handle alone.
+    #[test]
+    fn a_queue_entry_is_its_handle() {
+        assert_eq!(std::mem::size_of::<Fresh<[u64; 3]>>(), 24);
+    }
+
+    /// Runs `limits` (each task's own) through a one-worker pool whose
+    /// default limit is 1 s, where each task runs until it is stopped: the
+    /// limits the tasks were stopped on, in order.
+    fn limits_applied(limits: &[Option<Duration>]) -> Vec<Duration> {
+        let mut cfg = Config::new(1);
+        cfg.task_timeout = Some(Duration::from_secs(1));
+        let mut now = Instant::now();
+        let mut s = Scheduler::new(cfg, &[WorkerId(0)], now);
+        for (id, limit) in limits.iter().enumerate() {
+            s.submit(Plain(id as TaskId), *limit, now).unwrap();
+        }
+        let mut stopped = Vec::new();
+        // The worker's tasks in order, and when the first one started.
+        let (mut next, mut held, mut started) = (WorkerId(0), Vec::new(), now);
+        for _ in 0..50 {
+            while let Some(action) = s.poll_action() {
+                match action {
+                    Action::Send { tasks, .. } => {
+                        if held.is_empty() {
+                            started = now;
+                        }
+                        held.extend(tasks.iter().map(Handle::id));
+                    }
+                    Action::Revoke { worker, task } => {
+                        let answer = if held.first() == Some(&task) {
+                            Revoked::Started(Some(started))
+                        } else {
+                            held.retain(|t| *t != task);
+                            Revoked::Taken
+                        };
+                        s.revoked(worker, task, answer, now);
+                    }
+                    Action::Fail {
+                        error: Error::TaskTimedOut { limit },
+                        ..
+                    } => stopped.push(limit),
+                    Action::Stop { worker, .. } => {
+                        let death = Death {
+                            cause: Error::WorkerDied {
+                                pid: 1,
+                                status: "killed".into(),
+                                exit: crate::WorkerExit::Signal(9),
+                                tries: 0,
+                            },
+                            started: held.drain(..1.min(held.len())).collect(),
+                        };
+                        held.clear();
+                        s.lost(worker, death, now);
+                    }
+                    Action::Start { worker } => next = worker,
+                    _ => {}
+                }
+            }
+            if s.workers.is_empty() {
+                s.started(next, now);
+            }
+            now += Duration::from_secs(3);
+            s.tick(now);
+        }
+        stopped
+    }
+
+    /// A task without a limit of its own has the pool's; one with its own
+    /// has that one.
+    #[test]
+    fn queued_tasks_keep_their_own_limit_or_take_the_pools() {
+        let own = Duration::from_millis(1500);
+        assert_eq!(
+            limits_applied(&[None, Some(own), None]),
+            [Duration::from_secs(1), own, Duration::from_secs(1)]
+        );
     }
 }

@@ -196,6 +196,9 @@ impl World {
             cfg.max_tasks_per_child = Some(1 + rng.below(4) as usize);
         }
         cfg.max_in_flight = 2 + rng.below(6) as usize;
+        if rng.chance(30) {
+            cfg.task_timeout = Some(Duration::from_millis(1 + rng.below(50)));
+        }
         cfg.max_failed_starts = 3 + rng.below(6) as u32;
         let now = Instant::now();
         let ready: Vec<WorkerId> = (0..cfg.workers as u64).map(WorkerId).collect();
@@ -527,7 +530,8 @@ impl World {
             id,
             phase: Phase::Pending,
             ends: 0,
-            limit,
+            // A task without a limit of its own has the pool's.
+            limit: limit.or(self.cfg.task_timeout),
         })));
         let accepted = self.sched.submit(handle.clone(), limit, self.now);
         self.log.push(format!(

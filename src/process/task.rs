@@ -2,14 +2,44 @@
 //! argument, and its future, whose result type is erased here so that the
 //! scheduler and the transport handle every task alike.
 //!
-//! A task is made on the submitting thread ([`RemoteTask::one`],
-//! [`RemoteTask::chunk`]), where its argument is encoded; it is shared
-//! (`Arc`) by the scheduler, which decides its fate, and by the link that
+//! A task is made on the submitting thread ([`single`], [`chunk_of`]),
+//! where its argument is encoded; its handles ([`RemoteTask`], cloned) are
+//! held by the scheduler, which decides its fate, and by the link that
 //! writes it to a worker. It ends exactly once, by [`RemoteTask::finish`]
 //! with the worker's answer, by [`RemoteTask::fail`], or by its owner's
 //! cancel before it was sent.
+//!
+//! # One block per queued task
+//!
+//! A program may queue a million tasks, so a task's memory is laid out
+//! with care. Its future's state and what the pool keeps of it (the
+//! [`Record`]: its registry entry, and a small argument inline) are one
+//! block (`Shared<T, Remote<T, Typed<D>>>`, see `future/state.rs`), shared
+//! by the `Future` and the pool's handles:
+//!
+//! ```text
+//!   Future<T> ──────────┐      ┌──────────── RemoteTask (scheduler queue,
+//!                       ▼      ▼                          link, claims)
+//!   ┌──────────────────────────────────────────────┐
+//!   │ head (count, phase, pool, side)         24 B │
+//!   │ outcome cell (u64 result)               16 B │
+//!   │ task id                                  8 B │
+//!   │ entry (Arc<Entry>) + inline argument    24 B │
+//!   └──────────────────────────────────────────────┘  72 B, 80 with malloc's header
+//!                                  RemoteTask.out ──▶ Outline (argument too big
+//!                                                     to be inline: bytes or a
+//!                                                     segment, Shared handles)
+//! ```
+//!
+//! An argument too big to be inline is held by the pool's handles, not by
+//! the block, so it is freed (and its shared-memory segment reused) once
+//! the pool is done with the task, even while the program keeps the
+//! future. A queued task with a small argument and a `u64` result costs
+//! 80 + 24 (the queue's handle) + 16 (the `Future`) = 120 bytes, measured
+//! by the benchmarks' Q13 row.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -18,57 +48,94 @@ use serde::Serialize;
 use super::frames::{Body, BodyRef, ClaimRef, Outcome, Writer};
 use super::payload::{Big, Held, BIG};
 use super::scheduler::{Handle, TaskId};
-use crate::future::Shared;
+use crate::future::{Remote, Shared};
 use crate::map::Chunk;
 use crate::recycle::Counted;
 use crate::registry::Entry;
 use crate::{codec, Error};
 
-/// What a task carries to its worker.
+/// What a task carries to its worker, as its argument is encoded.
 pub(crate) enum Payload {
-    /// One argument.
-    One(Held),
-    /// One argument of up to [`SMALL`] bytes, kept inline: a queued task
-    /// with a small argument (most of them) needs no second allocation.
-    Small([u8; SMALL], u8),
-    /// A chunk of a map: the encoded `Vec` of its arguments.
-    Chunk(Held),
-    /// A payload whose encoding names [`Shared`](crate::Shared) handles:
-    /// they are kept here until the task is dropped, so that the pool still
-    /// holds them when their segments are handed to the worker.
-    Attached(Box<Attached>),
+    /// One argument of up to [`SMALL`] bytes: kept inline in the task's
+    /// block, no allocation of its own.
+    Small(Inline),
+    /// Anything bigger, out of line.
+    Out(Outline),
 }
 
-/// A payload with the shared handles it names.
-pub(crate) struct Attached {
-    payload: Payload,
+/// A small argument, inline.
+#[derive(Clone, Copy)]
+pub(crate) struct Inline {
+    len: u8,
+    bytes: [u8; SMALL],
+}
+
+impl Inline {
+    const EMPTY: Inline = Inline {
+        len: 0,
+        bytes: [0; SMALL],
+    };
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A payload that is not [`Payload::Small`]: held by the pool's handles
+/// ([`RemoteTask`]), not by the task's block, so that it is freed as soon
+/// as the pool is done with the task, even while the program keeps the
+/// task's future.
+pub(crate) struct Outline {
+    held: Held,
+    /// True for a chunk of a map: the encoded `Vec` of its arguments.
+    chunk: bool,
+    /// The [`Shared`](crate::Shared) handles its encoding names: kept here
+    /// until the task is dropped, so that the pool still holds them when
+    /// their segments are handed to the worker.
     shares: Vec<crate::Shared>,
 }
 
 impl Payload {
+    /// `bytes` inline, if they fit.
+    #[cfg(feature = "mpi")]
+    fn small(bytes: &[u8]) -> Option<Payload> {
+        let mut inline = Inline::EMPTY;
+        inline.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        inline.len = bytes.len() as u8;
+        Some(Payload::Small(inline))
+    }
+
+    /// `held`, a chunk's if `chunk`.
+    fn out(held: Held, chunk: bool) -> Payload {
+        Payload::Out(Outline {
+            held,
+            chunk,
+            shares: Vec::new(),
+        })
+    }
+
     /// `self` with the handles its encoding named, if any.
     fn attach(self, shares: Vec<crate::Shared>) -> Payload {
         if shares.is_empty() {
-            self
-        } else {
-            Payload::Attached(Box::new(Attached {
-                payload: self,
-                shares,
-            }))
+            return self;
         }
-    }
-
-    /// Without the handles.
-    fn bare(&self) -> &Payload {
-        match self {
-            Payload::Attached(a) => &a.payload,
-            p => p,
-        }
+        let mut out = match self {
+            Payload::Out(out) => out,
+            // The handles go with the bytes that name them: out of line.
+            Payload::Small(inline) => Outline {
+                held: Held::Bytes(inline.as_slice().to_vec()),
+                chunk: false,
+                shares: Vec::new(),
+            },
+        };
+        out.shares = shares;
+        Payload::Out(out)
     }
 }
 
-/// The most bytes of an argument kept inline in its task.
-pub(crate) const SMALL: usize = 23;
+/// The most bytes of an argument kept inline in its task (a `u64` takes at
+/// most 10).
+pub(crate) const SMALL: usize = 15;
 
 /// A worker's answer to one task or one chunk.
 pub(crate) enum Answer {
@@ -96,50 +163,69 @@ pub(crate) enum Raw {
     },
 }
 
-/// The future's side of a task, with its result type erased.
+/// What a process pool keeps of a task beside its future's state, in the
+/// same block (see [`Remote`]).
+pub(crate) struct Record {
+    /// The registered task: its name is what crosses. (A thin pointer:
+    /// every queued task holds one.)
+    entry: Arc<Entry>,
+    /// A small argument; empty if the argument is out of line.
+    inline: Inline,
+    /// Its span, from the submit to its end (see `crate::trace`).
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+/// A [`Record`] and how an answer becomes the task's result. `D` is the
+/// type of a function item (one of [`one_result`], [`chunk_result`],
+/// [`one_as_chunk`], `raw_result`), so it takes no room.
+struct Typed<D> {
+    record: Record,
+    decode: D,
+}
+
+/// A process task's state, seen by its pool: the future's side with its
+/// result type erased, and the [`Record`].
 pub(crate) trait Completion: Send + Sync {
+    fn record(&self) -> &Record;
     fn id(&self) -> TaskId;
     fn claim(&self) -> bool;
     fn cancel(&self) -> bool;
     fn fail(&self, err: Error);
     /// Ends the task with the worker's answer: true if that is an error.
     /// `ending` is told so just before the result is published.
-    fn finish(&self, answer: Answer, name: &str, ending: &dyn Fn(bool)) -> bool;
+    fn finish(&self, answer: Answer, ending: &dyn Fn(bool)) -> bool;
 }
 
-/// A future's state and how an answer becomes its result. `D` is the type
-/// of a function item (one of [`one_result`], [`chunk_result`],
-/// [`one_as_chunk`]), so it takes no room: a queued task is smaller by a
-/// pointer.
-struct Typed<T, D> {
-    shared: Counted<Shared<T>>,
-    decode: D,
-}
-
-impl<T, D> Completion for Typed<T, D>
+impl<T, D> Completion for Shared<T, Remote<T, Typed<D>>>
 where
     T: Send + 'static,
-    D: Fn(Answer, &str) -> Result<T, Error> + Send + Sync,
+    D: Fn(Answer, &str) -> Result<T, Error> + Send + Sync + 'static,
 {
+    fn record(&self) -> &Record {
+        &self.extra().record
+    }
     fn id(&self) -> TaskId {
-        self.shared.id()
+        Shared::id(self)
     }
     fn claim(&self) -> bool {
-        self.shared.claim_remote()
+        self.claim_remote()
     }
     fn cancel(&self) -> bool {
-        self.shared.cancel_with(Error::Cancelled)
+        self.cancel_with(Error::Cancelled)
     }
     fn fail(&self, err: Error) {
         // A task never sent is still pending; one sent is running.
-        if !self.shared.cancel_with(err.clone()) {
-            self.shared.complete(Err(err));
+        if !self.cancel_with(err.clone()) {
+            self.complete(Err(err));
         }
     }
-    fn finish(&self, answer: Answer, name: &str, ending: &dyn Fn(bool)) -> bool {
+    fn finish(&self, answer: Answer, ending: &dyn Fn(bool)) -> bool {
+        let name = &self.record().entry.name;
         // A result's `Deserialize` is user code: a panic in it fails this
         // task alone, not the reader thread.
-        let result = match catch_unwind(AssertUnwindSafe(|| (self.decode)(answer, name))) {
+        let decode = &self.extra().decode;
+        let result = match catch_unwind(AssertUnwindSafe(|| decode(answer, name))) {
             Ok(result) => result,
             Err(p) => {
                 let detail = format!(
@@ -155,94 +241,123 @@ where
         };
         let failed = result.is_err();
         ending(failed);
-        self.shared.complete(result);
+        self.complete(result);
         failed
     }
 }
 
-/// A task of a process pool; see the module doc. Its future's side is its
-/// last field, so that one allocation holds it all (`Arc<RemoteTask>` is
-/// `Arc<RemoteTask<dyn Completion>>`).
-pub(crate) struct RemoteTask<C: ?Sized = dyn Completion> {
-    /// The registered task: its name is what crosses. (A thin pointer:
-    /// every queued task holds one.)
-    entry: Arc<Entry>,
-    payload: Payload,
-    /// Its span, from the submit to its end (see `crate::trace`).
-    #[cfg(feature = "tracing")]
-    span: tracing::Span,
-    job: C,
+/// A task of a process pool, as its scheduler and links hold it: a handle
+/// to the one block that holds the task's future state and its [`Record`]
+/// (`Shared<T, Remote<T, Typed<D>>>`, its result type erased), and the
+/// argument if it is not small. A queued task with a small argument costs
+/// that block (80 bytes with malloc's header, for a `u64` result), the
+/// scheduler's queue entry (this handle, 24 bytes) and the `Future` its
+/// program holds (16).
+#[derive(Clone)]
+pub(crate) struct RemoteTask {
+    state: Counted<dyn Completion>,
+    out: Option<Arc<Outline>>,
 }
 
 impl RemoteTask {
-    /// A single task whose future is `shared`.
-    pub(crate) fn one<R: DeserializeOwned + Send + 'static>(
-        shared: Counted<Shared<R>>,
-        entry: Arc<Entry>,
-        payload: Payload,
-    ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, entry, payload, one_result::<R>)
-    }
-
-    /// A chunk of a map whose future is `shared`.
-    pub(crate) fn chunk<R: DeserializeOwned + Send + 'static>(
-        shared: Counted<Shared<Chunk<R>>>,
-        entry: Arc<Entry>,
-        items: Payload,
-    ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, entry, items, chunk_result::<R>)
-    }
-
-    /// A chunk of a map that holds one item: sent as a single task (its
-    /// argument encoded by [`encode_arg`], so big bytes are moved, not
-    /// encoded byte by byte), its answer made a chunk of one.
-    pub(crate) fn chunk_of_one<R: DeserializeOwned + Send + 'static>(
-        shared: Counted<Shared<Chunk<R>>>,
-        entry: Arc<Entry>,
-        payload: Payload,
-    ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, entry, payload, one_as_chunk::<R>)
-    }
-
-    /// A task whose answer is kept as bytes (see [`Raw`]): a rank of the
-    /// MPI back end runs other machines' tasks with it.
-    #[cfg(feature = "mpi")]
-    pub(crate) fn raw(
-        shared: Counted<Shared<Raw>>,
-        entry: Arc<Entry>,
-        payload: Payload,
-    ) -> Arc<RemoteTask> {
-        RemoteTask::new(shared, entry, payload, raw_result)
-    }
-
+    /// A new task of pool `pool` on `entry` with `payload`: the future's
+    /// state and the pool's handle to it.
     fn new<T, D>(
-        shared: Counted<Shared<T>>,
+        pool: u64,
         entry: Arc<Entry>,
         payload: Payload,
         decode: D,
-    ) -> Arc<RemoteTask>
+    ) -> (Counted<Shared<T>>, RemoteTask)
     where
         T: Send + 'static,
         D: Fn(Answer, &str) -> Result<T, Error> + Send + Sync + 'static,
     {
         #[cfg(feature = "tracing")]
         let span = crate::trace::task_span("processes", Some(&entry.name));
-        #[cfg(feature = "tracing")]
-        crate::trace::record_id(&span, || shared.id());
-        Arc::new(RemoteTask {
+        let (inline, out) = match payload {
+            Payload::Small(inline) => (inline, None),
+            Payload::Out(out) => (Inline::EMPTY, Some(Arc::new(out))),
+        };
+        let record = Record {
             entry,
-            payload,
+            inline,
             #[cfg(feature = "tracing")]
             span,
-            job: Typed { shared, decode },
-        })
+        };
+        let (shared, pools) = Shared::remote(pool, Typed { record, decode });
+        #[cfg(feature = "tracing")]
+        crate::trace::record_id(&pools.extra().record.span, || shared.id());
+        let ptr = Counted::into_raw(pools);
+        let ptr: NonNull<dyn Completion> = ptr;
+        // SAFETY: `ptr` is the pool's handle from `Shared::remote`, made
+        // into a raw pointer and coerced to the trait; the value starts
+        // with its count either way.
+        let state = unsafe { Counted::from_raw(ptr) };
+        (shared, RemoteTask { state, out })
+    }
+
+    /// A single task of pool `pool`.
+    pub(crate) fn one<R: DeserializeOwned + Send + 'static>(
+        pool: u64,
+        entry: Arc<Entry>,
+        payload: Payload,
+    ) -> (Counted<Shared<R>>, RemoteTask) {
+        RemoteTask::new(pool, entry, payload, one_result::<R>)
+    }
+
+    /// A chunk of a map.
+    pub(crate) fn chunk<R: DeserializeOwned + Send + 'static>(
+        pool: u64,
+        entry: Arc<Entry>,
+        items: Payload,
+    ) -> (Counted<Shared<Chunk<R>>>, RemoteTask) {
+        RemoteTask::new(pool, entry, items, chunk_result::<R>)
+    }
+
+    /// A chunk of a map that holds one item: sent as a single task (its
+    /// argument encoded by [`encode_arg`], so big bytes are moved, not
+    /// encoded byte by byte), its answer made a chunk of one.
+    pub(crate) fn chunk_of_one<R: DeserializeOwned + Send + 'static>(
+        pool: u64,
+        entry: Arc<Entry>,
+        payload: Payload,
+    ) -> (Counted<Shared<Chunk<R>>>, RemoteTask) {
+        RemoteTask::new(pool, entry, payload, one_as_chunk::<R>)
+    }
+
+    /// A task whose answer is kept as bytes (see [`Raw`]): a rank of the
+    /// MPI back end runs other machines' tasks with it.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn raw(
+        pool: u64,
+        entry: Arc<Entry>,
+        payload: Payload,
+    ) -> (Counted<Shared<Raw>>, RemoteTask) {
+        RemoteTask::new(pool, entry, payload, raw_result)
+    }
+
+    fn record(&self) -> &Record {
+        self.state.record()
+    }
+
+    /// The task's id, unique in this process.
+    pub(crate) fn id(&self) -> TaskId {
+        self.state.id()
+    }
+
+    /// The body as a frame carries it, and whether it is a chunk's.
+    fn body(&self) -> (BodyRef<'_>, bool) {
+        match &self.out {
+            Some(out) => (BodyRef::of(&out.held), out.chunk),
+            None => (BodyRef::Inline(self.record().inline.as_slice()), false),
+        }
     }
 
     /// Ends the task with `err`, sent or not.
     pub(crate) fn fail(&self, err: Error) {
         #[cfg(feature = "tracing")]
-        crate::trace::ended(&self.span, true);
-        self.job.fail(err);
+        crate::trace::ended(&self.record().span, true);
+        self.state.fail(err);
     }
 
     /// Ends the task with the worker's answer: true if that is an error.
@@ -257,10 +372,10 @@ impl RemoteTask {
         // Its span hears of the end before anyone can see the result.
         let ending = |failed: bool| {
             #[cfg(feature = "tracing")]
-            crate::trace::ended(&self.span, failed);
+            crate::trace::ended(&self.record().span, failed);
             count(failed);
         };
-        self.job.finish(answer, &self.entry.name, &ending)
+        self.state.finish(answer, &ending)
     }
 
     /// Ends the task with an answer that another machine decoded nothing
@@ -280,85 +395,59 @@ impl RemoteTask {
     /// Its registered name.
     #[cfg(feature = "mpi")]
     pub(crate) fn name(&self) -> &str {
-        &self.entry.name
+        &self.record().entry.name
     }
 
     /// The encoded argument (a chunk's: the sequence of its arguments), and
-    /// whether it is a chunk's.
+    /// whether it is a chunk's. An MPI task's payload is never in a
+    /// segment ([`Reach::Remote`]).
     #[cfg(feature = "mpi")]
     pub(crate) fn arg(&self) -> (&[u8], bool) {
-        match self.payload.bare() {
-            Payload::One(p) => (p, false),
-            Payload::Small(b, n) => (&b[..usize::from(*n)], false),
-            Payload::Chunk(p) => (p, true),
-            Payload::Attached(_) => {
-                unreachable_attached();
-                (&[], false)
-            }
+        match &self.out {
+            Some(out) => (&out.held, out.chunk),
+            None => (self.record().inline.as_slice(), false),
         }
     }
 
     /// Appends its record, with its claim, to a frame.
     pub(crate) fn write(&self, w: &mut Writer, claim: ClaimRef) {
-        match self.payload.bare() {
-            Payload::One(p) => w.run(self.job.id(), claim, &self.entry.name, BodyRef::of(p)),
-            Payload::Small(b, n) => {
-                let bytes = &b[..usize::from(*n)];
-                w.run(
-                    self.job.id(),
-                    claim,
-                    &self.entry.name,
-                    BodyRef::Inline(bytes),
-                );
-            }
-            Payload::Chunk(p) => w.chunk(self.job.id(), claim, &self.entry.name, BodyRef::of(p)),
-            Payload::Attached(_) => unreachable_attached(),
+        let name = &self.record().entry.name;
+        match self.body() {
+            (body, false) => w.run(self.id(), claim, name, body),
+            (body, true) => w.chunk(self.id(), claim, name, body),
         }
     }
 
     /// About how many bytes its record takes in a frame.
     pub(crate) fn frame_bytes(&self) -> usize {
-        let body = match self.payload.bare() {
-            Payload::One(Held::Bytes(b)) | Payload::Chunk(Held::Bytes(b)) => b.len(),
-            Payload::Small(_, n) => usize::from(*n),
-            Payload::One(Held::Shared(_)) | Payload::Chunk(Held::Shared(_)) => 0,
-            Payload::Attached(_) => 0,
+        let body = match self.body().0 {
+            BodyRef::Inline(b) => b.len(),
+            BodyRef::Shared => 0,
         };
-        32 + self.entry.name.len() + body
+        32 + self.record().entry.name.len() + body
     }
 
     /// Its payload's shared-memory segment, if it has one.
     pub(crate) fn segment(&self) -> Option<&Big> {
-        match self.payload.bare() {
-            Payload::One(p) | Payload::Chunk(p) => p.segment(),
-            Payload::Small(..) | Payload::Attached(_) => None,
-        }
+        self.out.as_ref()?.held.segment()
     }
 
     /// The shared handles its argument names.
     pub(crate) fn shares(&self) -> &[crate::Shared] {
-        match &self.payload {
-            Payload::Attached(a) => &a.shares,
-            _ => &[],
-        }
+        self.out.as_ref().map_or(&[], |out| &out.shares)
     }
 }
 
-impl Handle for Arc<RemoteTask> {
+impl Handle for RemoteTask {
     fn id(&self) -> TaskId {
-        self.job.id()
+        self.state.id()
     }
     fn claim(&self) -> bool {
-        self.job.claim()
+        self.state.claim()
     }
     fn cancel(&self) -> bool {
-        self.job.cancel()
+        self.state.cancel()
     }
-}
-
-/// `attach` never nests, so a bare payload is never `Attached`.
-fn unreachable_attached() {
-    debug_assert!(false, "a payload attached twice");
 }
 
 /// Where a task's argument goes.
@@ -375,66 +464,74 @@ pub(crate) enum Reach {
     Remote,
 }
 
-/// The task of a submit of `entry` on `arg`, whose future is `shared`;
-/// `None` if `A` and `R` are not the entry's types, and then the future has
-/// ended with that error.
+/// A task's future state, and the task to queue (none if it has ended
+/// already).
+pub(crate) type Made<T> = (Counted<Shared<T>>, Option<RemoteTask>);
+
+/// The task of a submit of `entry` on `arg` to pool `pool`: its future's
+/// state, and the task to queue. No task if `A` and `R` are not the
+/// entry's types: the future has ended with that error then. An argument
+/// that cannot be encoded is an error, and nothing is made.
 pub(crate) fn single<A, R>(
-    shared: Counted<Shared<R>>,
+    pool: u64,
     entry: &Arc<Entry>,
     arg: A,
     reach: Reach,
-) -> Result<Option<Arc<RemoteTask>>, Error>
+) -> Result<Made<R>, Error>
 where
     A: Serialize + Send + 'static,
     R: DeserializeOwned + Send + 'static,
 {
-    if !types_match::<A, R, _>(&shared, entry) {
-        return Ok(None);
+    if let Some(ended) = mismatch::<A, R, R>(pool, entry) {
+        return Ok((ended, None));
     }
     let payload = encode_arg(entry, arg, reach)?;
-    Ok(Some(RemoteTask::one(shared, entry.clone(), payload)))
+    let (shared, task) = RemoteTask::one(pool, entry.clone(), payload);
+    Ok((shared, Some(task)))
 }
 
 /// The task of a chunk of a map of `entry` over `items` (a single item
-/// goes as a single task: see [`RemoteTask::chunk_of_one`]); `None` as
-/// for [`single`].
+/// goes as a single task: see [`RemoteTask::chunk_of_one`]), as for
+/// [`single`].
 pub(crate) fn chunk_of<A, R>(
-    shared: Counted<Shared<Chunk<R>>>,
+    pool: u64,
     entry: &Arc<Entry>,
     mut items: Vec<A>,
     reach: Reach,
-) -> Result<Option<Arc<RemoteTask>>, Error>
+) -> Result<Made<Chunk<R>>, Error>
 where
     A: Serialize + Send + 'static,
     R: DeserializeOwned + Send + 'static,
 {
-    if !types_match::<A, R, _>(&shared, entry) {
-        return Ok(None);
+    if let Some(ended) = mismatch::<A, R, Chunk<R>>(pool, entry) {
+        return Ok((ended, None));
     }
-    Ok(Some(match (items.pop(), items.is_empty()) {
+    let (shared, task) = match (items.pop(), items.is_empty()) {
         (Some(one), true) => {
             let payload = encode_arg(entry, one, reach)?;
-            RemoteTask::chunk_of_one(shared, entry.clone(), payload)
+            RemoteTask::chunk_of_one(pool, entry.clone(), payload)
         }
         (last, _) => {
             items.extend(last);
             let payload = encode_chunk(entry, &items, reach)?;
-            RemoteTask::chunk(shared, entry.clone(), payload)
+            RemoteTask::chunk(pool, entry.clone(), payload)
         }
-    }))
+    };
+    Ok((shared, Some(task)))
 }
 
-/// True if `A` and `R` are `entry`'s types; else ends the future `shared`
-/// with the error that says so.
-fn types_match<A: 'static, R: 'static, T: Send + 'static>(
-    shared: &Counted<Shared<T>>,
+/// If `A` and `R` are not `entry`'s types: a future state (of result type
+/// `T`) already ended with the error that says so.
+fn mismatch<A: 'static, R: 'static, T: Send + 'static>(
+    pool: u64,
     entry: &Entry,
-) -> bool {
+) -> Option<Counted<Shared<T>>> {
     if entry.matches::<A, R>() {
-        return true;
+        return None;
     }
+    let (shared, _) = Shared::<T>::remote(pool, ());
     shared.complete(Err(entry.type_mismatch::<A, R>()));
-    false
+    Some(shared)
 }
 
 /// Encodes a task's argument: inline when it is small, into a shared-memory
@@ -468,7 +565,12 @@ fn encode_held<A: Serialize + 'static>(
         Err(arg) => {
             let mut small = [0u8; SMALL];
             match codec::encode_into(&arg, &mut small) {
-                Some(n) => return Ok(Payload::Small(small, n as u8)),
+                Some(n) => {
+                    return Ok(Payload::Small(Inline {
+                        len: n as u8,
+                        bytes: small,
+                    }))
+                }
                 None => codec::encode(&arg, what)?,
             }
         }
@@ -478,10 +580,11 @@ fn encode_held<A: Serialize + 'static>(
     } else {
         Ok(Held::Bytes(bytes))
     };
-    held.map(Payload::One).map_err(|detail| Error::Encode {
-        what: what(),
-        detail,
-    })
+    held.map(|held| Payload::out(held, false))
+        .map_err(|detail| Error::Encode {
+            what: what(),
+            detail,
+        })
 }
 
 /// Encodes the arguments of a chunk as one sequence, as [`encode_arg`]
@@ -501,7 +604,7 @@ fn encode_chunk<A: Serialize + 'static>(
         })?,
         Reach::Remote => Held::Bytes(bytes),
     };
-    with_shares(Payload::Chunk(held), shares, reach, what)
+    with_shares(Payload::out(held, true), shares, reach, what)
 }
 
 /// `payload` with the [`Shared`](crate::Shared) handles its encoding named
@@ -530,20 +633,16 @@ fn with_shares(
 /// local worker.
 #[cfg(feature = "mpi")]
 pub(crate) fn payload_of(bytes: Vec<u8>, chunk: bool, name: &str) -> Result<Payload, Error> {
-    if !chunk && bytes.len() <= SMALL {
-        let mut small = [0u8; SMALL];
-        small[..bytes.len()].copy_from_slice(&bytes);
-        return Ok(Payload::Small(small, bytes.len() as u8));
+    if !chunk {
+        if let Some(small) = Payload::small(&bytes) {
+            return Ok(small);
+        }
     }
     let held = Held::new(bytes).map_err(|detail| Error::Encode {
         what: format!("the argument of task {name:?}"),
         detail,
     })?;
-    Ok(if chunk {
-        Payload::Chunk(held)
-    } else {
-        Payload::One(held)
-    })
+    Ok(Payload::out(held, chunk))
 }
 
 fn not_the_answer(name: &str) -> Error {
@@ -640,4 +739,25 @@ fn chunk_result<R: DeserializeOwned + 'static>(
         None => chunk.extend(failure.map(|f| decode_outcome::<R>(f, name))),
     }
     Ok(chunk)
+}
+
+#[cfg(all(test, not(feature = "tracing")))]
+mod tests {
+    use super::*;
+
+    fn state_size<T: Send, D: Send + Sync>(_decode: D) -> usize {
+        std::mem::size_of::<Shared<T, Remote<T, Typed<D>>>>()
+    }
+
+    /// A queued process task with a small argument and a `u64` result is
+    /// one block of at most 72 bytes (80 with malloc's header): the parent
+    /// holds a million queued tasks in about 120 MB, their futures and
+    /// queue entries included.
+    #[test]
+    fn a_queued_small_task_is_one_block_of_72_bytes() {
+        assert!(state_size::<u64, _>(one_result::<u64>) <= 72);
+        // The pool's handle is a pointer, a vtable and the out-of-line
+        // argument; the future is a pointer and a vtable.
+        assert_eq!(std::mem::size_of::<RemoteTask>(), 24);
+    }
 }

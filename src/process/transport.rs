@@ -41,7 +41,7 @@ pub(crate) trait Link: Send + Sync {
     /// Queues these tasks for the worker, in order. Called under the
     /// scheduler's lock, so tasks reach a worker in the order the scheduler
     /// sent them; it must not block.
-    fn enqueue(&self, tasks: Vec<Arc<RemoteTask>>);
+    fn enqueue(&self, tasks: Vec<RemoteTask>);
 
     /// Gets queued tasks moving, after the scheduler's lock is released:
     /// may write them at once when that cannot block.
@@ -72,7 +72,7 @@ pub(crate) trait Events: Send + Sync {
     /// The reply of `task` was read from worker `w`, after `micros` of
     /// running: its handle if the answer is its result (see
     /// `Scheduler::reply`).
-    fn reply(&self, w: WorkerId, task: TaskId, micros: u32) -> Option<Arc<RemoteTask>>;
+    fn reply(&self, w: WorkerId, task: TaskId, micros: u32) -> Option<RemoteTask>;
 
     /// A task the reply of which [`reply`](Self::reply) handed out has
     /// ended with that answer; `failed` if the answer was an error.
