@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the benchmarks of the README's targets and writes benches/RESULTS.md and benches/chart.svg.
 
-    python3 benches/report.py            # everything (a few minutes on 2 cores)
+    python3 benches/report.py            # everything (about 9.5 minutes on 2 cores)
     python3 benches/report.py --no-run   # only rebuild the report from the
                                          # last criterion results and
                                          # benches/python_peer.jsonl
@@ -877,8 +877,9 @@ def main():
     md = [
         "# twinpool benchmarks: the README's targets",
         "",
-        f"Reproduce: `{COMMAND}` (from the repository root; about 5 minutes on 2 cores,"
-        f" and 2 more for the MPI rows, which `{MPI_COMMAND}` runs alone).",
+        f"Reproduce: `{COMMAND}` (from the repository root; about 9.5 minutes on 2 cores"
+        f" (measured 9m17s and 9m38s), 2 of them for the MPI rows, which `{MPI_COMMAND}`"
+        " runs alone).",
         "",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {m['commit']}",
         f"- Machine: {m['nproc']} CPUs (nproc), {m['cpu']}, Linux {m['kernel']}",
