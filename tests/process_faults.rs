@@ -1341,6 +1341,46 @@ fn big_payloads_leave_nothing_behind() {
     assert_none("big payloads", &problems);
 }
 
+/// A big argument is freed, and its shared-memory segment reused, once its
+/// task has ended, even while the program keeps the task's future: keeping
+/// the futures of many finished big tasks maps no more segments in this
+/// process than the pool keeps for reuse anyway.
+fn a_kept_future_does_not_keep_its_big_argument() {
+    const SIZE: usize = 2 << 20;
+    const KEPT: usize = 16;
+    let _g = Guard::new("kept-futures");
+    let ex = pool(1);
+    let len = || ex.submit_named::<_, u64>("len", vec![7u8; SIZE]).unwrap();
+    // Warm-up: every segment this process and the worker keep is made.
+    for _ in 0..3 {
+        let batch: Vec<Future<u64>> = (0..8).map(|_| len()).collect();
+        for f in results_within(batch, BOUND) {
+            assert_eq!(f.unwrap(), SIZE as u64);
+        }
+    }
+    let before = Census::now();
+    // One at a time, each future kept once its task has ended.
+    let mut kept = Vec::new();
+    for i in 0..KEPT {
+        let f = len();
+        assert!(within(BOUND, || f.done()), "task {i} did not end");
+        kept.push(f);
+    }
+    let after = Census::back_to(&before, Duration::from_secs(10));
+    let problems = if after.within(&before) {
+        Vec::new()
+    } else {
+        vec![format!(
+            "with the futures of {KEPT} finished tasks of {SIZE} bytes kept: {after:?}; \
+             before them: {before:?}"
+        )]
+    };
+    for f in results_within(kept, BOUND) {
+        assert_eq!(f.unwrap(), SIZE as u64);
+    }
+    assert_none("kept futures", &problems);
+}
+
 /// A tiny deterministic generator (xorshift64*).
 struct Rng(u64);
 
@@ -1620,6 +1660,10 @@ fn main() {
         (
             "big_payloads_leave_nothing_behind",
             big_payloads_leave_nothing_behind,
+        ),
+        (
+            "a_kept_future_does_not_keep_its_big_argument",
+            a_kept_future_does_not_keep_its_big_argument,
         ),
         (
             "ten_thousand_tasks_survive_two_hundred_sigkills",
