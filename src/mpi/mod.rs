@@ -288,13 +288,11 @@ impl MpiPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let (shared, task) = task::single(self.id, entry, arg, Reach::Remote)?;
-        let future = Future::new(shared);
-        if let Some(task) = task {
+        let made = task::single(self.id, entry, arg, Reach::Remote)?;
+        task::queued(made, |task| {
             fits(&task)?;
-            self.core.submit(task, limit)?;
-        }
-        Ok(future)
+            self.core.submit(task, limit)
+        })
     }
 
     /// Queues task `entry` on each of `items`, as one message and one task.
@@ -307,13 +305,11 @@ impl MpiPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let (shared, task) = task::chunk_of(self.id, entry, items, Reach::Remote)?;
-        let future = Future::new(shared);
-        if let Some(task) = task {
+        let made = task::chunk_of(self.id, entry, items, Reach::Remote)?;
+        task::queued(made, |task| {
             fits(&task)?;
-            self.core.submit(task, None)?;
-        }
-        Ok(future)
+            self.core.submit(task, None)
+        })
     }
 
     /// `kill_workers` / `terminate_workers`: every rank stops its workers

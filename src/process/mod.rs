@@ -197,12 +197,8 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let (shared, task) = task::single(self.id, entry, arg, Reach::Local)?;
-        let future = Future::new(shared);
-        if let Some(task) = task {
-            self.driver.submit(task, limit)?;
-        }
-        Ok(future)
+        let made = task::single(self.id, entry, arg, Reach::Local)?;
+        task::queued(made, |task| self.driver.submit(task, limit))
     }
 
     /// Queues task `entry` on each of `items`, as one message and one task
@@ -217,12 +213,8 @@ impl ProcessPool {
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
     {
-        let (shared, task) = task::chunk_of(self.id, entry, items, Reach::Local)?;
-        let future = Future::new(shared);
-        if let Some(task) = task {
-            self.driver.submit(task, None)?;
-        }
-        Ok(future)
+        let made = task::chunk_of(self.id, entry, items, Reach::Local)?;
+        task::queued(made, |task| self.driver.submit(task, None))
     }
 
     /// Queues task `entry` on an argument encoded elsewhere (a chunk's if
@@ -238,9 +230,7 @@ impl ProcessPool {
     ) -> Result<Future<task::Raw>, Error> {
         let payload = task::payload_of(arg, chunk, &entry.name)?;
         let (shared, task) = task::RemoteTask::raw(self.id, entry.clone(), payload);
-        let future = Future::new(shared);
-        self.driver.submit(task, limit)?;
-        Ok(future)
+        task::queued((shared, Some(task)), |task| self.driver.submit(task, limit))
     }
 
     /// Stops every worker at once with `signal` (SIGTERM or SIGKILL), as

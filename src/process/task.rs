@@ -468,6 +468,21 @@ pub(crate) enum Reach {
 /// already).
 pub(crate) type Made<T> = (Counted<Shared<T>>, Option<RemoteTask>);
 
+/// The future of a task just made, once `queue` has taken the task (if
+/// there is one: a task whose types did not match has ended already). An
+/// `Err` from `queue` drops the task, which then never runs, and the
+/// future with it.
+pub(crate) fn queued<T: Send + 'static>(
+    (shared, task): Made<T>,
+    queue: impl FnOnce(RemoteTask) -> Result<(), Error>,
+) -> Result<crate::Future<T>, Error> {
+    let future = crate::Future::new(shared);
+    if let Some(task) = task {
+        queue(task)?;
+    }
+    Ok(future)
+}
+
 /// The task of a submit of `entry` on `arg` to pool `pool`: its future's
 /// state, and the task to queue. No task if `A` and `R` are not the
 /// entry's types: the future has ended with that error then. An argument
