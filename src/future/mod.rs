@@ -69,9 +69,9 @@ impl<T: Send + 'static> Future<T> {
     /// A wait for a task that has not ended spins only while that pays:
     /// for about twice as long as this thread's recent waits lasted, at
     /// most 100 µs and not at all when they took longer. While the machine
-    /// has more runnable threads than CPUs it spins 5 µs at most and never
-    /// yields (the CPU is better left to those threads). Past that the
-    /// thread sleeps until the task ends. [`wait`](Self::wait) and the
+    /// has more runnable threads than CPUs it does not spin: it yields at
+    /// most four times (handing its CPU to the worker that runs the task,
+    /// often queued behind it) and then sleeps until the task ends. [`wait`](Self::wait) and the
     /// timed waits do the same; `.await` never spins.
     pub fn result(self) -> Result<T, Error> {
         self.shared.wait_until(Until::Takeable, None)?;

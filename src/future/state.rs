@@ -1037,9 +1037,9 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
 
     /// Spins while it pays, in case the task is about to end: that answer
     /// is much cheaper than sleeping and being woken. First a short spin
-    /// (about a microsecond), then as long as [`waiting::budget`] says:
-    /// about twice this thread's recent waits, yielding; when the machine
-    /// has more runnable threads than CPUs at most 5 µs, never yielding.
+    /// (under a microsecond), then what [`waiting::next`] says: sleep at
+    /// once; on a crowded machine hand the CPU over with a few yields; or
+    /// spin with yields for about twice this thread's recent waits.
     /// Ok if `until` was reached;
     /// else when the longer spin began, for [`waiting::record`] once the
     /// wait ends (`None` under loom, where nothing spins).
@@ -1048,7 +1048,7 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
         if !crate::sync::SPIN {
             return if reached() { Ok(()) } else { Err(None) };
         }
-        for step in 0..7 {
+        for step in 0..waiting::SHORT_SPIN_STEPS {
             if reached() {
                 waiting::record(std::time::Duration::ZERO);
                 return Ok(());
@@ -1058,30 +1058,31 @@ impl<T: Send + 'static, W: WorkSlot<T> + ?Sized + 'static> Shared<T, W> {
             }
         }
         let started = Instant::now();
-        let (budget, yields) = waiting::budget();
-        let end = match deadline {
-            Some(d) => d.min(started + budget),
-            None => started + budget,
+        // The most yields, and when to stop looking whatever their count.
+        let (yields, end) = match waiting::next() {
+            waiting::Spin::Sleep => (0, None),
+            waiting::Spin::HandOff => (waiting::HAND_OFF, deadline),
+            waiting::Spin::Yielding(budget) => {
+                let end = started + budget;
+                (u32::MAX, Some(deadline.map_or(end, |d| d.min(end))))
+            }
         };
+        let mut yielded = 0;
         loop {
             if reached() {
                 waiting::record(started.elapsed());
                 return Ok(());
             }
-            if Instant::now() >= end {
+            if yielded == yields || end.is_some_and(|end| Instant::now() >= end) {
                 return Err(Some(started));
             }
-            if yields {
-                // Nobody else wants a CPU, so this yield costs a system
-                // call and gives the CPU away only to a thread the
-                // scheduler put on this one, such as the one that will end
-                // the task.
-                std::thread::yield_now();
-            } else {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
-            }
+            // When the machine is not crowded, this yield costs a system
+            // call and gives the CPU away only to a thread the scheduler
+            // put on this one, such as the one that will end the task.
+            // When it is, it hands this CPU to the worker woken for the
+            // task, most often queued here.
+            std::thread::yield_now();
+            yielded += 1;
         }
     }
 

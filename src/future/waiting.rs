@@ -14,34 +14,44 @@
 //!   completer notes the time for its sleepers), not until the sleeper was
 //!   woken: so a thread whose tasks become short again spins again, and
 //!   the slowness of sleeping itself does not talk it out of spinning.
-//! * **no other thread wants the CPU.** A spinning waiter holds a CPU that
-//!   the thread it waits for, or any other, may need. When the machine has
-//!   more runnable threads than CPUs ([`crowded`]: the running count of
-//!   `/proc/loadavg`, read at most once a millisecond), a waiter never
-//!   yields (a yield hands the CPU to whoever is runnable, for a whole time
-//!   slice if it is another pool's busy thread) and spins without yielding
-//!   for at most [`CROWDED_SPIN`], which catches a task that its worker is
-//!   running on another CPU; then it sleeps. Interleaved beside a pool
-//!   whose threads were busy a third of the time, sleeping at once made a
-//!   round trip 0.8-2.5x as long as a raw crossbeam pool's (which spins
-//!   and yields), 1.4x as a rule; the short spin brought it to 0.9-1.2x in
-//!   40-round runs, and to 1.4-2.5x in 400-round runs (three of them).
-//!   What the raw pool has that this rule gives up: when the machine is
-//!   crowded, the worker that was woken for the task is runnable but has
-//!   no CPU, and a yield hands it the waiter's; a waiter that sleeps
-//!   instead costs a futex wake and two context switches per task (in the
-//!   slow rounds of a probe, 12,000-13,000 voluntary switches of the
-//!   waiting thread per 20,000 one-at-a-time tasks, against 300-800 for
-//!   the raw pool; counted from `/proc/thread-self/status`).
+//! * **the CPU is not wanted for the task itself.** A spinning waiter
+//!   holds a CPU that the worker it waits for may need. When the machine
+//!   has more runnable threads than CPUs ([`crowded`]: the running count of
+//!   `/proc/loadavg`, read at most once a millisecond), a waiter does not
+//!   spin at all past the short spin: it hands its CPU over, yielding at
+//!   most [`HAND_OFF`] times (checking the task after each), then sleeps.
+//!   This is a hand-off, not a spin: the worker that the submit just woke
+//!   is most often queued on the submitter's own CPU (the kernel wakes a
+//!   thread near its waker), and a yield gives it that CPU at once, where
+//!   a sleep would cost a futex wake and two context switches per task.
+//!   It is bounded by a count, not a time, so a waiter never yield-spins
+//!   on a crowded machine; crossbeam-channel's blocking receive, the raw
+//!   pool's waiter, does the same four yields before it parks.
 //!
-//! What the rule against yielding on a crowded machine costs: a pipeline
-//! of process tasks on 2 CPUs crowds the machine by itself (the worker,
-//! the pool's reader thread, the waiter), so a waiter that catches up with
-//! the results sleeps, and the reader wakes it for each one. Pipelined
-//! process tasks took 13-37% longer that way than with the earlier
-//! yielding spin (4 interleaved runs; the same code ignoring crowding was
-//! as fast as the yielding spin). A single process round trip (the waiter
-//! and the worker, 2 threads) is not crowded and spins as before.
+//! Measured with the report's benchmarks on 2 CPUs, the earlier rule (on
+//! a crowded machine, 5 µs of spinning without yielding, then sleep)
+//! against the hand-off, builds alternating (three runs of group 9, two
+//! of the others):
+//!
+//! | work | earlier rule | hand-off | raw peer, same runs |
+//! |---|---|---|---|
+//! | one task at a time beside a busy pool (group 9), µs | 16.5-21.1 | 9.6-9.7 | crossbeam 4.7-14.4 |
+//! | pipelined process tasks (group 2), ms per 100k | 821-884 | 643-653 | ipc-channel 571-637 |
+//! | process round trip (group 3), ms per 1k | 91-94 | 80-86 | ipc-channel 177-241 |
+//! | one task at a time, quiet (group 1b), ms per 10k | 5.4-6.4 | 5.5-5.6 | crossbeam 4.8-18.4 |
+//!
+//! Group 9's busy pool is another pool's threads (one per CPU) busy a
+//! third of the time, with three more pools alive in the process. In a
+//! probe of it those threads finished as many of their own tasks per
+//! millisecond under either rule (9.5-10.7), so the yields took nothing
+//! measurable from them. What is left of the gap to the raw pool there:
+//! its round trip more often ends within its longer short spin (about
+//! 3 µs), which holds a CPU that a crowded machine's worker may need.
+//!
+//! A pipeline of process tasks on 2 CPUs crowds the machine by itself
+//! (the worker, the pool's reader thread, the waiter): there the hand-off
+//! gives the reader thread the CPU it needs, where the earlier rule's
+//! sleeping waiter had to be woken for each result.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,8 +64,11 @@ const SPIN_MAX_NS: u64 = SPIN_MAX.as_nanos() as u64;
 /// Added to twice the recent waits, so that a wait a little longer than the
 /// last ones is still caught.
 const MARGIN_NS: u64 = 4_000;
-/// The longest a waiter spins on a crowded machine, without yielding.
-pub(super) const CROWDED_SPIN: Duration = Duration::from_micros(5);
+/// The short spin every wait starts with: `2^0 + ... + 2^(STEPS-1)` spin
+/// hints (31, about 0.75 µs on the 2-CPU machine of the report).
+pub(super) const SHORT_SPIN_STEPS: u32 = 5;
+/// The most yields of a waiter on a crowded machine before it sleeps.
+pub(super) const HAND_OFF: u32 = 4;
 /// How long a reading of `/proc/loadavg` is trusted.
 const CROWD_READ_EVERY: Duration = Duration::from_millis(1);
 
@@ -76,19 +89,35 @@ pub(super) fn record(waited: Duration) {
     });
 }
 
-/// How long to spin now, past the short spin, and whether to yield while
-/// spinning: what recent waits buy ([`spin_for`]; zero when they took
-/// longer than [`SPIN_MAX`]), yielding; on a [`crowded`] machine at most
-/// [`CROWDED_SPIN`] of that, never yielding.
-pub(super) fn budget() -> (Duration, bool) {
-    let spin = spin_for(RECENT_NS.try_with(Cell::get).unwrap_or(0));
+/// What a waiter does once its short spin found the task not ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Spin {
+    /// Sleep at once: recent waits took longer than [`SPIN_MAX`].
+    Sleep,
+    /// The machine is [`crowded`]: yield at most [`HAND_OFF`] times, then
+    /// sleep.
+    HandOff,
+    /// Spin this long, yielding between looks, then sleep: about twice
+    /// the recent waits ([`spin_for`]).
+    Yielding(Duration),
+}
+
+/// What a waiter does now, past the short spin (see the module doc).
+pub(super) fn next() -> Spin {
+    choose(RECENT_NS.try_with(Cell::get).unwrap_or(0), crowded)
+}
+
+/// The rule of [`next`] for recent waits of `avg` nanoseconds; `crowded`
+/// is asked only when spinning would pay.
+fn choose(avg: u64, crowded: impl FnOnce() -> bool) -> Spin {
+    let spin = spin_for(avg);
     if spin.is_zero() {
-        return (spin, false);
+        Spin::Sleep
+    } else if crowded() {
+        Spin::HandOff
+    } else {
+        Spin::Yielding(spin)
     }
-    if crowded() {
-        return (spin.min(CROWDED_SPIN), false);
-    }
-    (spin, true)
 }
 
 /// The spin that recent waits of `avg` nanoseconds buy.
@@ -176,6 +205,18 @@ mod tests {
             back >= Duration::from_micros(40) && back <= SPIN_MAX,
             "{back:?}"
         );
+    }
+
+    #[test]
+    fn a_crowded_machine_gets_a_hand_off_and_long_waits_a_sleep() {
+        let short = 2_000;
+        let long = 2 * SPIN_MAX_NS;
+        assert_eq!(choose(short, || true), Spin::HandOff);
+        assert!(
+            matches!(choose(short, || false), Spin::Yielding(d) if d > Duration::ZERO && d <= SPIN_MAX)
+        );
+        // Spinning would not pay: the machine's load is not even read.
+        assert_eq!(choose(long, || unreachable!()), Spin::Sleep);
     }
 
     #[test]
