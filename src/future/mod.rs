@@ -21,6 +21,7 @@ use state::Until;
 pub(crate) use state::{Job, Shared, Work};
 #[cfg(feature = "process")]
 pub(crate) use state::{Remote, StopperEntry};
+pub(crate) use waiting::crowded;
 
 /// The handle of one submitted task, like Python's `concurrent.futures.Future`.
 ///
