@@ -1257,6 +1257,9 @@ fn big_payloads_leave_nothing_behind() {
     const HUGE: usize = 257 << 20;
     /// Segments a worker may keep: 4 received, 4 of its own, its claims.
     const WORKER_SEGMENTS: usize = 9;
+    /// Segments this process may keep: 4 of its own, and from each of the
+    /// two workers 4 received and its claim table.
+    const PARENT_SEGMENTS: usize = 4 + 2 * (4 + 1);
     let _g = Guard::new("big");
     let ex = pool(2);
     let round = |smalls: usize| -> Result<(), String> {
@@ -1298,8 +1301,8 @@ fn big_payloads_leave_nothing_behind() {
         pids.sort_unstable();
         pids
     };
-    // Warm-up: with twelve at once, every process fills all the segments
-    // it keeps for reuse, and every receiver maps them all.
+    // Warm-up: with twelve at once, every process fills (nearly always all)
+    // the segments it keeps for reuse, and every receiver maps them.
     for _ in 0..3 {
         round(12).unwrap();
     }
@@ -1321,10 +1324,27 @@ fn big_payloads_leave_nothing_behind() {
     if workers() != pids {
         problems.push("a worker was replaced during the rounds".into());
     }
-    let after = Census::back_to(&before, Duration::from_secs(10));
-    if !after.within(&before) {
+    // The rounds may fill a kept segment that the warm-up left empty (which
+    // ones fill depends on timing): more segments, each with its fd, are
+    // fine up to the bound; nothing else may grow.
+    let steady = |now: &Census| {
+        let kept_more = now.memfd_maps.saturating_sub(before.memfd_maps);
+        let without_kept = Census {
+            fds: now.fds.saturating_sub(kept_more),
+            memfd_maps: now.memfd_maps - kept_more,
+            ..*now
+        };
+        without_kept.within(&before) && now.memfd_maps <= PARENT_SEGMENTS
+    };
+    let mut after = Census::now();
+    within(Duration::from_secs(10), || {
+        after = Census::now();
+        steady(&after)
+    });
+    if !steady(&after) {
         problems.push(format!(
-            "this process after the rounds: {after:?}; before: {before:?}"
+            "this process after the rounds: {after:?}; before: {before:?} \
+             (it may keep {PARENT_SEGMENTS} segments)"
         ));
     }
     let workers_after = worker_census();
