@@ -30,15 +30,16 @@
 //!
 //! Measured with the report's benchmarks on 2 CPUs, the earlier rule (on
 //! a crowded machine, 5 µs of spinning without yielding, then sleep)
-//! against the hand-off, builds alternating (three runs of group 9, two
-//! of the others):
+//! against the hand-off, builds alternating (runs of each: three of
+//! group 9, two of group 2, four of groups 3 and 1b; the raw peer's range
+//! is from the same runs, two of them for groups 3 and 1b):
 //!
-//! | work | earlier rule | hand-off | raw peer, same runs |
+//! | work | earlier rule | hand-off | raw peer |
 //! |---|---|---|---|
 //! | one task at a time beside a busy pool (group 9), µs | 16.5-21.1 | 9.6-9.7 | crossbeam 4.7-14.4 |
 //! | pipelined process tasks (group 2), ms per 100k | 821-884 | 643-653 | ipc-channel 571-637 |
-//! | process round trip (group 3), ms per 1k | 91-94 | 80-86 | ipc-channel 177-241 |
-//! | one task at a time, quiet (group 1b), ms per 10k | 5.4-6.4 | 5.5-5.6 | crossbeam 4.8-18.4 |
+//! | process round trip (group 3), ms per 2k | 74-94 | 73-86 | ipc-channel 153-208 |
+//! | one task at a time, quiet (group 1b), ms per 10k | 4.1-6.4 | 4.1-5.6 | crossbeam 4.6-7.2 |
 //!
 //! The pool thread does its part of the hand-off: when its queue is
 //! empty on a crowded machine, it yields once before it blocks, which
@@ -50,9 +51,10 @@
 //! third of the time, with three more pools alive in the process. In a
 //! probe of it those threads finished as many of their own tasks per
 //! millisecond under either rule (9.5-10.7), so the yields took nothing
-//! measurable from them. What is left of the gap to the raw pool there:
-//! its round trip more often ends within its longer short spin (about
-//! 3 µs), which holds a CPU that a crowded machine's worker may need.
+//! measurable from them. In the runs where the raw pool is still faster
+//! there, its round trip more often ends within its longer short spin
+//! (about 3 µs), which holds a CPU that a crowded machine's worker may
+//! need (a 3 µs short spin here was slower: 11.3-14.0 µs in three runs).
 //!
 //! A pipeline of process tasks on 2 CPUs crowds the machine by itself
 //! (the worker, the pool's reader thread, the waiter): there the hand-off
