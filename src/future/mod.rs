@@ -72,8 +72,9 @@ impl<T: Send + 'static> Future<T> {
     /// most 100 µs and not at all when they took longer. While the machine
     /// has more runnable threads than CPUs it does not spin: it yields at
     /// most four times (handing its CPU to the worker that runs the task,
-    /// often queued behind it) and then sleeps until the task ends. [`wait`](Self::wait) and the
-    /// timed waits do the same; `.await` never spins.
+    /// often queued behind it) and then sleeps until the task ends.
+    /// [`wait`](Self::wait) and the timed waits do the same; `.await`
+    /// never spins.
     pub fn result(self) -> Result<T, Error> {
         self.shared.wait_until(Until::Takeable, None)?;
         // SAFETY: `self` is owned here.
