@@ -1336,11 +1336,7 @@ fn big_payloads_leave_nothing_behind() {
         };
         without_kept.within(&before) && now.memfd_maps <= PARENT_SEGMENTS
     };
-    let mut after = Census::now();
-    within(Duration::from_secs(10), || {
-        after = Census::now();
-        steady(&after)
-    });
+    let after = Census::until(Duration::from_secs(10), steady);
     if !steady(&after) {
         problems.push(format!(
             "this process after the rounds: {after:?}; before: {before:?} \

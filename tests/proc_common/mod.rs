@@ -421,10 +421,16 @@ impl Census {
     /// Waits up to `bound` for the counts to come back to `before`'s; the
     /// last census taken.
     pub fn back_to(before: &Census, bound: Duration) -> Census {
+        Census::until(bound, |now| now.within(before))
+    }
+
+    /// Takes a census until `ok` holds for it, for up to `bound`; the last
+    /// census taken.
+    pub fn until(bound: Duration, mut ok: impl FnMut(&Census) -> bool) -> Census {
         let mut now = Census::now();
         within(bound, || {
             now = Census::now();
-            now.within(before)
+            ok(&now)
         });
         now
     }
