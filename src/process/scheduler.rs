@@ -294,14 +294,7 @@ enum Place {
 }
 
 /// A task taken off the queue to be sent for the first time, and its limit.
-type Popped<H> = (Fresh<H>, Option<Duration>);
-
-/// A task that was never sent: only its handle, until it is. A million may
-/// be queued, so a limit of its own (rare: most tasks have the pool's,
-/// [`Config::task_timeout`]) is kept aside, in [`Scheduler::limits`].
-struct Fresh<H> {
-    handle: H,
-}
+type Popped<H> = (H, Option<Duration>);
 
 /// A task that was sent (and claimed then), on a worker or returned.
 struct Task<H> {
@@ -383,8 +376,10 @@ pub(crate) struct Scheduler<H> {
     /// tasks that ended meanwhile are skipped.)
     returned: VecDeque<TaskId>,
     /// Tasks never sent, in submit order: kept out of `tasks`, so that a
-    /// queued task costs only its entry here.
-    queue: VecDeque<Fresh<H>>,
+    /// queued task costs only its handle here. A million may be queued, so
+    /// a limit of its own (rare: most tasks have the pool's,
+    /// [`Config::task_timeout`]) is kept aside, in `limits`.
+    queue: VecDeque<H>,
     /// The time limits of tasks in `queue` that have one of their own.
     limits: TaskMap<Duration>,
     /// Tasks waiting to be sent: `queue` and the live part of `returned`.
@@ -545,7 +540,7 @@ impl<H: Handle> Scheduler<H> {
         if let Some(limit) = limit {
             self.limits.insert(task.id(), limit);
         }
-        self.queue.push_back(Fresh { handle: task });
+        self.queue.push_back(task);
         self.waiting += 1;
         self.after(now);
         Ok(())
@@ -567,9 +562,9 @@ impl<H: Handle> Scheduler<H> {
             let before = self.queue.len();
             let limits = &mut self.limits;
             self.queue.retain(|t| {
-                let cancelled = t.handle.cancel();
+                let cancelled = t.cancel();
                 if cancelled {
-                    limits.remove(&t.handle.id());
+                    limits.remove(&t.id());
                 }
                 !cancelled
             });
@@ -587,7 +582,7 @@ impl<H: Handle> Scheduler<H> {
         self.terminating = true;
         let (returned, fresh) = self.drain_queued();
         for task in fresh {
-            task.handle.cancel();
+            task.cancel();
         }
         for id in returned {
             self.fail(id, Halt::Terminate(by).error(false));
@@ -906,7 +901,7 @@ impl<H: Handle> Scheduler<H> {
         }
         for task in fresh {
             self.actions.push_back(Action::Fail {
-                task: task.handle,
+                task,
                 error: broken(),
             });
         }
@@ -995,12 +990,12 @@ impl<H: Handle> Scheduler<H> {
 
     /// Empties the queues: the returned tasks still queued (the caller
     /// fails each), and the tasks never sent.
-    fn drain_queued(&mut self) -> (Vec<TaskId>, Vec<Fresh<H>>) {
+    fn drain_queued(&mut self) -> (Vec<TaskId>, Vec<H>) {
         let returned: Vec<TaskId> = self.returned.drain(..).collect();
         let returned = (returned.into_iter())
             .filter(|id| self.tasks.get(id).is_some_and(|t| t.at == Place::Queued))
             .collect::<Vec<_>>();
-        let fresh: Vec<Fresh<H>> = self.queue.drain(..).collect();
+        let fresh: Vec<H> = self.queue.drain(..).collect();
         self.limits.clear();
         // The returned ones stop waiting as they are failed.
         self.waiting -= fresh.len();
@@ -1016,7 +1011,7 @@ impl<H: Handle> Scheduler<H> {
             }
         }
         let fresh = self.queue.pop_front()?;
-        let id = fresh.handle.id();
+        let id = fresh.id();
         let limit = self.limits.remove(&id).or(self.cfg.task_timeout);
         Some((id, Some((fresh, limit))))
     }
@@ -1036,7 +1031,7 @@ impl<H: Handle> Scheduler<H> {
                 break;
             };
             self.waiting -= 1;
-            if let Some((Fresh { handle }, limit)) = fresh {
+            if let Some((handle, limit)) = fresh {
                 if !handle.claim() {
                     continue; // cancelled by its owner: it has ended already
                 }
@@ -1393,12 +1388,6 @@ mod tests {
         fn cancel(&self) -> bool {
             true
         }
-    }
-
-    /// A queue entry is the task's handle alone.
-    #[test]
-    fn a_queue_entry_is_its_handle() {
-        assert_eq!(std::mem::size_of::<Fresh<[u64; 3]>>(), 24);
     }
 
     /// Runs `limits` (each task's own) through a one-worker pool whose
